@@ -1,0 +1,349 @@
+"""CLIP configurations: ``CLIPTextConfig``, ``CLIPVisionConfig`` and ``CLIPConfig``, and config.json in and out.
+
+Field names and defaults are those of transformers, so config.json files written by transformers 4.x, 5.x and
+the 2021 Hub uploads (``text_config_dict``, ``torch_dtype``, generation leftovers) all load. Unknown keys are kept
+as attributes and written back out.
+
+Example:
+    >>> from clipfast import CLIPConfig
+    >>> CLIPConfig().vision_config.patch_size
+    32
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from typing import Any, ClassVar
+
+from clipfast.errors import CheckpointError
+from clipfast.hub import CONFIG_NAME, read_json, resolve_file
+
+# keys of old config.json files that only made sense for text generation or for the writing library
+_DROPPED_ON_LOAD = ("transformers_version", "model_type")
+
+
+def _dtype_name(value: Any) -> str | None:
+    """``torch.float16`` / ``"torch.float16"`` / ``"float16"`` -> ``"float16"``; None stays None."""
+    if value is None:
+        return None
+    text = str(value)
+    return text[len("torch."):] if text.startswith("torch.") else text
+
+
+class PretrainedConfig:
+    """Base of the CLIP configs: the generic fields every transformers config carries, and file I/O.
+
+    Subclasses list their own fields with defaults in ``_fields``.
+    """
+
+    model_type: ClassVar[str] = ""
+    base_config_key: ClassVar[str] = ""
+    _fields: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, **kwargs: Any) -> None:
+        for name, default in self._fields.items():
+            setattr(self, name, copy.deepcopy(kwargs.pop(name, default)))
+        self.return_dict: bool = kwargs.pop("return_dict", True)
+        self.output_hidden_states: bool = kwargs.pop("output_hidden_states", False)
+        self.output_attentions: bool = kwargs.pop("output_attentions", False)
+        dtype = kwargs.pop("dtype", None)
+        torch_dtype = kwargs.pop("torch_dtype", None)
+        self.torch_dtype: str | None = _dtype_name(dtype if dtype is not None else torch_dtype)
+        self.architectures: list[str] | None = kwargs.pop("architectures", None)
+        self.problem_type: str | None = kwargs.pop("problem_type", None)
+        self._name_or_path: str = str(kwargs.pop("name_or_path", kwargs.pop("_name_or_path", "")))
+        self._attn_implementation_value: str | None = kwargs.pop("attn_implementation",
+                                                                 kwargs.pop("_attn_implementation", None))
+        self._set_labels(kwargs.pop("id2label", None), kwargs.pop("label2id", None), kwargs.pop("num_labels", None))
+        for key in _DROPPED_ON_LOAD:
+            kwargs.pop(key, None)
+        for key, value in kwargs.items():  # unknown keys are kept, as transformers does
+            setattr(self, key, value)
+
+    # -- labels -------------------------------------------------------------------------------------------------
+
+    def _set_labels(self, id2label: dict | None, label2id: dict | None, num_labels: int | None) -> None:
+        """id2label keys become ints (JSON stores them as strings); num_labels defaults to 2 like transformers."""
+        if id2label is not None:
+            self.id2label = {int(k): v for k, v in id2label.items()}
+            if num_labels is not None and num_labels != len(self.id2label):
+                self.id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
+        else:
+            self.id2label = {i: f"LABEL_{i}" for i in range(num_labels if num_labels is not None else 2)}
+        self.label2id = dict(label2id) if label2id is not None else {v: k for k, v in self.id2label.items()}
+
+    @property
+    def num_labels(self) -> int:
+        """Number of classes of ``CLIPForImageClassification``."""
+        return len(self.id2label)
+
+    @num_labels.setter
+    def num_labels(self, value: int) -> None:
+        if value != len(self.id2label):
+            self._set_labels(None, None, value)
+
+    # -- dtype and attention backend ----------------------------------------------------------------------------
+
+    @property
+    def dtype(self) -> str | None:
+        """Alias of ``torch_dtype`` (transformers 5 name)."""
+        return self.torch_dtype
+
+    @dtype.setter
+    def dtype(self, value: Any) -> None:
+        self.torch_dtype = _dtype_name(value)
+
+    @property
+    def _attn_implementation(self) -> str:
+        """The attention backend the model uses: "eager", "sdpa" (default) or "flash_attention_2"."""
+        return self._attn_implementation_value or "sdpa"
+
+    @_attn_implementation.setter
+    def _attn_implementation(self, value: str | None) -> None:
+        self._attn_implementation_value = value
+
+    # -- dict / JSON --------------------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """All fields as a JSON-ready dict (sub-configs nested as dicts)."""
+        out: dict[str, Any] = {}
+        for key, value in self.__dict__.items():
+            if key.startswith("_") and key != "_name_or_path":
+                continue
+            out[key] = value.to_dict() if isinstance(value, PretrainedConfig) else copy.deepcopy(value)
+        out["id2label"] = {str(k): v for k, v in self.id2label.items()}
+        out["model_type"] = self.model_type
+        if not out.get("_name_or_path"):
+            out.pop("_name_or_path", None)
+        return dict(sorted(out.items()))
+
+    def to_diff_dict(self) -> dict[str, Any]:
+        """Alias of :meth:`to_dict` (we always write every field, which both transformers 4 and 5 read)."""
+        return self.to_dict()
+
+    def to_json_string(self, use_diff: bool = True) -> str:
+        """The config as pretty JSON text."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def to_json_file(self, json_file_path: str | os.PathLike, use_diff: bool = True) -> None:
+        """Write the config as JSON to a file."""
+        with open(json_file_path, "w", encoding="utf-8") as f:
+            f.write(self.to_json_string(use_diff))
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> Any:
+        """Build a config from a dict; ``kwargs`` override fields. ``return_unused_kwargs=True`` as transformers."""
+        return_unused = kwargs.pop("return_unused_kwargs", False)
+        config = cls(**{**config_dict})
+        unused = {}
+        for key, value in kwargs.items():
+            if hasattr(config, key):
+                setattr(config, key, value)
+            else:
+                unused[key] = value
+        return (config, unused) if return_unused else config
+
+    @classmethod
+    def from_json_file(cls, json_file: str | os.PathLike) -> Any:
+        """Read a config from a JSON file."""
+        return cls.from_dict(read_json(os.fspath(json_file)))
+
+    def update(self, values: dict[str, Any]) -> None:
+        """Set several attributes at once."""
+        for key, value in values.items():
+            setattr(self, key, value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PretrainedConfig) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__} {self.to_json_string()}"
+
+    # -- files --------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path: str | os.PathLike, **hub_kwargs: Any) -> dict[str, Any]:
+        """Read config.json of a folder or hub id (or a path to a .json file)."""
+        name = os.fspath(pretrained_model_name_or_path)
+        if os.path.isfile(name) and name.endswith(".json"):
+            return read_json(name)
+        path = resolve_file(name, CONFIG_NAME, **hub_kwargs)
+        data = read_json(path)  # type: ignore[arg-type]
+        data.setdefault("_name_or_path", name)
+        return data
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *, subfolder: str = "",
+                        revision: str | None = None, cache_dir: str | os.PathLike | None = None,
+                        local_files_only: bool = False, token: str | bool | None = None, **kwargs: Any) -> Any:
+        """Load config.json from a folder or hub id; kwargs override fields.
+
+        A text or vision config loaded from a full ``CLIPConfig`` takes its sub-config.
+
+        Example:
+            >>> CLIPTextConfig.from_pretrained("openai/clip-vit-base-patch32")  # doctest: +SKIP
+        """
+        for ignored in ("force_download", "resume_download", "proxies", "trust_remote_code", "use_auth_token"):
+            kwargs.pop(ignored, None)
+        data = cls.get_config_dict(pretrained_model_name_or_path, subfolder=subfolder, revision=revision,
+                                   cache_dir=cache_dir, local_files_only=local_files_only, token=token)
+        data = cls._select(data, os.fspath(pretrained_model_name_or_path))
+        return cls.from_dict(data, **kwargs)
+
+    @classmethod
+    def _select(cls, data: dict[str, Any], source: str) -> dict[str, Any]:
+        """Check the model type, taking the sub-config out of a composite CLIP config when needed."""
+        found = data.get("model_type")
+        if cls.base_config_key and found == "clip" and isinstance(data.get(cls.base_config_key), dict):
+            return data[cls.base_config_key]
+        if found is not None and found != cls.model_type:
+            known = "'clip', 'clip_text_model' and 'clip_vision_model'"
+            raise CheckpointError(
+                f"{source!r} holds a config of model type {found!r}, but {cls.__name__} expects "
+                f"{cls.model_type!r}. clipfast implements {known}.")
+        return data
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+        """Write config.json into ``save_directory`` (created if needed)."""
+        if os.path.isfile(save_directory):
+            raise CheckpointError(f"save_pretrained needs a folder, but {os.fspath(save_directory)!r} is a file.")
+        os.makedirs(save_directory, exist_ok=True)
+        self.to_json_file(os.path.join(save_directory, CONFIG_NAME))
+
+
+class CLIPTextConfig(PretrainedConfig):
+    """Configuration of the CLIP text tower (defaults: the ViT-B/32 text encoder)."""
+
+    model_type = "clip_text_model"
+    base_config_key = "text_config"
+    _fields = {
+        "vocab_size": 49408,
+        "hidden_size": 512,
+        "intermediate_size": 2048,
+        "projection_dim": 512,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 8,
+        "max_position_embeddings": 77,
+        "hidden_act": "quick_gelu",
+        "layer_norm_eps": 1e-5,
+        "attention_dropout": 0.0,
+        "initializer_range": 0.02,
+        "initializer_factor": 1.0,
+        # pad_token_id is stored only: the model never reads it (it differs from the tokenizer's 49407 on purpose)
+        "pad_token_id": 1,
+        "bos_token_id": 49406,
+        # eos_token_id picks the pooled position; the value 2 (all OpenAI Hub configs) selects the legacy rule
+        "eos_token_id": 49407,
+    }
+
+    def __init__(self, vocab_size: int = 49408, hidden_size: int = 512, intermediate_size: int = 2048,
+                 projection_dim: int = 512, num_hidden_layers: int = 12, num_attention_heads: int = 8,
+                 max_position_embeddings: int = 77, hidden_act: str = "quick_gelu", layer_norm_eps: float = 1e-5,
+                 attention_dropout: float = 0.0, initializer_range: float = 0.02, initializer_factor: float = 1.0,
+                 pad_token_id: int = 1, bos_token_id: int = 49406, eos_token_id: int = 49407,
+                 **kwargs: Any) -> None:
+        named = {k: v for k, v in locals().items() if k in self._fields}
+        super().__init__(**named, **kwargs)
+
+
+class CLIPVisionConfig(PretrainedConfig):
+    """Configuration of the CLIP vision tower (defaults: ViT-B/32 at 224 px)."""
+
+    model_type = "clip_vision_model"
+    base_config_key = "vision_config"
+    _fields = {
+        "hidden_size": 768,
+        "intermediate_size": 3072,
+        "projection_dim": 512,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "num_channels": 3,
+        "image_size": 224,
+        "patch_size": 32,
+        "hidden_act": "quick_gelu",
+        "layer_norm_eps": 1e-5,
+        "attention_dropout": 0.0,
+        "initializer_range": 0.02,
+        "initializer_factor": 1.0,
+    }
+
+    def __init__(self, hidden_size: int = 768, intermediate_size: int = 3072, projection_dim: int = 512,
+                 num_hidden_layers: int = 12, num_attention_heads: int = 12, num_channels: int = 3,
+                 image_size: int = 224, patch_size: int = 32, hidden_act: str = "quick_gelu",
+                 layer_norm_eps: float = 1e-5, attention_dropout: float = 0.0, initializer_range: float = 0.02,
+                 initializer_factor: float = 1.0, **kwargs: Any) -> None:
+        named = {k: v for k, v in locals().items() if k in self._fields}
+        super().__init__(**named, **kwargs)
+
+
+class CLIPConfig(PretrainedConfig):
+    """Configuration of the full CLIP model: a text config, a vision config and the shared projection.
+
+    Example:
+        >>> cfg = CLIPConfig.from_text_vision_configs(CLIPTextConfig(), CLIPVisionConfig(), projection_dim=512)
+        >>> cfg.projection_dim
+        512
+    """
+
+    model_type = "clip"
+    sub_configs: ClassVar[dict[str, type]] = {"text_config": CLIPTextConfig, "vision_config": CLIPVisionConfig}
+    _fields = {"projection_dim": 512, "logit_scale_init_value": 2.6592, "initializer_factor": 1.0}
+
+    def __init__(self, text_config: dict | CLIPTextConfig | None = None,
+                 vision_config: dict | CLIPVisionConfig | None = None, projection_dim: int = 512,
+                 logit_scale_init_value: float = 2.6592, initializer_factor: float = 1.0, **kwargs: Any) -> None:
+        # 2021 Hub files carry text_config_dict / vision_config_dict (usually null); non-null values win
+        text_config = _merge_legacy(text_config, kwargs.pop("text_config_dict", None))
+        vision_config = _merge_legacy(vision_config, kwargs.pop("vision_config_dict", None))
+        super().__init__(projection_dim=projection_dim, logit_scale_init_value=logit_scale_init_value,
+                         initializer_factor=initializer_factor, **kwargs)
+        self.text_config = _as_config(CLIPTextConfig, text_config)
+        self.vision_config = _as_config(CLIPVisionConfig, vision_config)
+        if self._attn_implementation_value is not None:
+            self._attn_implementation = self._attn_implementation_value
+
+    @classmethod
+    def from_text_vision_configs(cls, text_config: CLIPTextConfig, vision_config: CLIPVisionConfig,
+                                 **kwargs: Any) -> CLIPConfig:
+        """Build a CLIPConfig from a text and a vision config (transformers 4.x API)."""
+        return cls(text_config=text_config.to_dict(), vision_config=vision_config.to_dict(), **kwargs)
+
+    @property
+    def _attn_implementation(self) -> str:
+        return self._attn_implementation_value or "sdpa"
+
+    @_attn_implementation.setter
+    def _attn_implementation(self, value: str | None) -> None:
+        # the choice applies to both towers, as in transformers
+        self._attn_implementation_value = value
+        for sub in (getattr(self, "text_config", None), getattr(self, "vision_config", None)):
+            if sub is not None:
+                sub._attn_implementation = value
+
+
+def _merge_legacy(config: dict | PretrainedConfig | None, legacy: dict | None) -> dict | PretrainedConfig | None:
+    """Apply a non-null legacy ``*_config_dict`` on top of the sub-config, its values winning."""
+    if legacy is None:
+        return config
+    base = config.to_dict() if isinstance(config, PretrainedConfig) else dict(config or {})
+    base.update({k: v for k, v in legacy.items() if k not in _DROPPED_ON_LOAD})
+    return base
+
+
+def _as_config(cls: type, value: dict | PretrainedConfig | None) -> Any:
+    """A sub-config from a dict, an instance (kept as is) or None (defaults)."""
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, PretrainedConfig):
+        return cls.from_dict(value.to_dict())
+    if not isinstance(value, dict):
+        raise TypeError(f"{cls.__name__} must be built from a dict or a {cls.__name__}, got {type(value).__name__}.")
+    value = {k: v for k, v in value.items() if k != "model_type"}
+    return cls(**value)
+
+
+CONFIG_CLASSES: dict[str, type] = {c.model_type: c for c in (CLIPConfig, CLIPTextConfig, CLIPVisionConfig)}

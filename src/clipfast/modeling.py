@@ -1,0 +1,967 @@
+"""The CLIP model, all of it in this one file: outputs, attention, layers, towers, and the public model classes.
+
+Reads top to bottom. Module and parameter names equal the checkpoint keys of transformers' CLIP
+(``text_model.encoder.layers.0.self_attn.q_proj.weight``, the historical ``pre_layrnorm`` included), so loading
+a checkpoint is a strict state-dict load. Loading and saving live in ``clipfast.loading``; this file only imports
+torch and the configs.
+
+Attention has one switch, ``config._attn_implementation``: "eager" (the readable reference below), "sdpa"
+(the default) or "flash_attention_2" (fp16/bf16 on CUDA).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, fields
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clipfast.configuration import CLIPConfig, CLIPTextConfig, CLIPVisionConfig, PretrainedConfig
+
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
+
+# ---------------------------------------------------------------------------------------------------------------
+# Outputs: dataclasses that also behave as ordered dicts and tuples (None fields are skipped), like transformers'.
+
+
+class ModelOutput(OrderedDict):
+    """Base of every output: attribute, key (``out["text_embeds"]``) and index (``out[0]``) access."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if value is not None:
+                super().__setitem__(f.name, value)
+
+    def __getitem__(self, key: str | int | slice) -> Any:
+        if isinstance(key, str):
+            return super().__getitem__(key)
+        return self.to_tuple()[key]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self.keys() or (value is not None and name in {f.name for f in fields(self)}):  # type: ignore
+            super().__setitem__(name, value)
+        super().__setattr__(name, value)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        super().__setattr__(key, value)
+
+    def __reduce__(self) -> Any:
+        return type(self), tuple(getattr(self, f.name) for f in fields(self))  # type: ignore[arg-type]
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        """The non-None fields, in declaration order."""
+        return tuple(self[k] for k in self.keys())
+
+
+@dataclass(repr=False, eq=False)
+class BaseModelOutput(ModelOutput):
+    """Encoder output."""
+
+    last_hidden_state: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass(repr=False, eq=False)
+class BaseModelOutputWithPooling(ModelOutput):
+    """Tower output: the sequence and one pooled vector per input."""
+
+    last_hidden_state: torch.Tensor | None = None
+    pooler_output: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass(repr=False, eq=False)
+class CLIPTextModelOutput(ModelOutput):
+    """Output of ``CLIPTextModelWithProjection``: ``text_embeds`` is projected, not normalized."""
+
+    text_embeds: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass(repr=False, eq=False)
+class CLIPVisionModelOutput(ModelOutput):
+    """Output of ``CLIPVisionModelWithProjection``: ``image_embeds`` is projected, not normalized."""
+
+    image_embeds: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass(repr=False, eq=False)
+class CLIPOutput(ModelOutput):
+    """Output of ``CLIPModel``: similarity logits, normalized embeddings and both towers' outputs."""
+
+    loss: torch.Tensor | None = None
+    logits_per_image: torch.Tensor | None = None
+    logits_per_text: torch.Tensor | None = None
+    text_embeds: torch.Tensor | None = None
+    image_embeds: torch.Tensor | None = None
+    text_model_output: BaseModelOutputWithPooling | None = None
+    vision_model_output: BaseModelOutputWithPooling | None = None
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        """As the base, with the nested tower outputs turned into tuples too."""
+        return tuple(self[k].to_tuple() if k.endswith("_model_output") else self[k] for k in self.keys())
+
+
+@dataclass(repr=False, eq=False)
+class ImageClassifierOutput(ModelOutput):
+    """Output of ``CLIPForImageClassification``."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Activations and attention kernels
+
+
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    """OpenAI's GELU approximation, ``x * sigmoid(1.702 x)``."""
+    return x * torch.sigmoid(1.702 * x)
+
+
+ACT2FN: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "quick_gelu": quick_gelu,
+    "gelu": F.gelu,
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+}
+
+
+def _activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    if name not in ACT2FN:
+        raise ValueError(f"hidden_act={name!r} is not supported; choose one of {sorted(ACT2FN)}.")
+    return ACT2FN[name]
+
+
+def eager_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
+                    scale: float, dropout: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference attention: ``softmax_fp32(q kᵀ · scale + mask) v``. Inputs are (B, H, T, D).
+
+    Returns the output (B, H, T, D) and the attention probabilities (B, H, T, T).
+    """
+    weights = torch.matmul(query, key.transpose(-1, -2)) * scale
+    if mask is not None:
+        weights = weights + mask
+    # softmax in float32 even for fp16/bf16 inputs, then back: what transformers >= 4.48 does
+    probs = F.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    probs = F.dropout(probs, p=dropout, training=dropout > 0)
+    return torch.matmul(probs, value), probs
+
+
+def sdpa_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
+                   scale: float, dropout: float, is_causal: bool) -> torch.Tensor:
+    """PyTorch's fused attention; ``is_causal`` replaces an explicit causal mask when there is no padding."""
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, scale=scale,
+                                          is_causal=is_causal and mask is None)
+
+
+def flash_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, padding_mask: torch.Tensor | None,
+                    scale: float, dropout: float, is_causal: bool) -> torch.Tensor:
+    """FlashAttention for fp16/bf16 CUDA tensors: the ``flash_attn`` package if installed, else PyTorch's kernel.
+
+    ``padding_mask`` is the 2-D (B, T) mask of the text tower (1 = token). CLIP pads on the right and its text
+    attention is causal, so a valid query never sees a padded key: the causal kernel alone is exact on real tokens.
+    """
+    if query.device.type != "cuda" or query.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(
+            "attn_implementation='flash_attention_2' runs only on a CUDA GPU in float16 or bfloat16 (got "
+            f"{query.dtype} on {query.device.type}). Load with torch_dtype=torch.bfloat16 and move the model to "
+            "'cuda', or use attn_implementation='sdpa'.")
+    if padding_mask is not None and not _is_right_padded(padding_mask):
+        mask = _padding_to_additive(padding_mask, query.dtype, query.shape[-2], causal=is_causal)
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, scale=scale)
+    try:
+        from flash_attn import flash_attn_func
+    except ImportError:
+        flash_attn_func = None
+    if flash_attn_func is not None:
+        # flash_attn takes (B, T, H, D)
+        out = flash_attn_func(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
+                              dropout_p=dropout, softmax_scale=scale, causal=is_causal)
+        return out.transpose(1, 2)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]):
+        return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, scale=scale,
+                                              is_causal=is_causal)
+
+
+def _is_right_padded(mask: torch.Tensor) -> bool:
+    """True when every row of a (B, T) 0/1 mask is ones followed by zeros."""
+    return bool((mask[:, 1:] <= mask[:, :-1]).all())
+
+
+def _padding_to_additive(mask: torch.Tensor, dtype: torch.dtype, tgt_len: int, causal: bool) -> torch.Tensor:
+    """(B, T) 0/1 mask -> (B, 1, T, T) additive mask with ``finfo.min`` at masked keys (and above the diagonal)."""
+    additive = _expand_padding_mask(mask, dtype, tgt_len)
+    if causal:
+        additive = additive + _causal_mask(mask.shape[0], tgt_len, dtype, mask.device)
+    return additive
+
+
+def _expand_padding_mask(mask: torch.Tensor, dtype: torch.dtype, tgt_len: int) -> torch.Tensor:
+    """(B, S) 0/1 -> (B, 1, T, S) additive float mask: 0 where kept, ``finfo(dtype).min`` at padded keys."""
+    batch, src_len = mask.shape
+    expanded = mask[:, None, None, :].expand(batch, 1, tgt_len, src_len).to(dtype)
+    inverted = 1.0 - expanded
+    return inverted.masked_fill(inverted.to(torch.bool), torch.finfo(dtype).min)
+
+
+def _causal_mask(batch: int, length: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(B, 1, T, T) additive causal mask: ``finfo(dtype).min`` above the diagonal, 0 elsewhere."""
+    mask = torch.full((length, length), torch.finfo(dtype).min, dtype=dtype, device=device).triu(1)
+    return mask[None, None].expand(batch, 1, length, length)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Embeddings
+
+
+class CLIPTextEmbeddings(nn.Module):
+    """Token embedding plus learned absolute position embedding (no scaling, no norm)."""
+
+    def __init__(self, config: CLIPTextConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.token_embedding = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.position_embedding = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.register_buffer("position_ids", torch.arange(config.max_position_embeddings).expand((1, -1)),
+                             persistent=False)
+
+    def forward(self, input_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        length = input_ids.shape[-1] if input_ids is not None else inputs_embeds.shape[-2]  # type: ignore[union-attr]
+        max_positions = self.position_embedding.weight.shape[0]
+        if length > max_positions:
+            raise ValueError(
+                f"Sequence length must be less than max_position_embeddings (got `sequence length`: {length} and "
+                f"max_position_embeddings: {max_positions}). Tokenize with truncation=True (and max_length="
+                f"{max_positions}) to cut longer texts.")
+        if inputs_embeds is None:
+            inputs_embeds = self.token_embedding(input_ids)
+        if position_ids is None:
+            # the first T rows of the table: identical to a lookup at arange(T), without the gather
+            return inputs_embeds + self.position_embedding.weight[:length]
+        return inputs_embeds + self.position_embedding(position_ids)
+
+
+class CLIPVisionEmbeddings(nn.Module):
+    """Patchify with a bias-free conv, prepend the class token, add (optionally interpolated) positions."""
+
+    def __init__(self, config: CLIPVisionConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_dim = config.hidden_size
+        self.image_size = config.image_size
+        self.patch_size = config.patch_size
+        self.class_embedding = nn.Parameter(torch.randn(self.embed_dim))
+        self.patch_embedding = nn.Conv2d(config.num_channels, self.embed_dim, kernel_size=self.patch_size,
+                                         stride=self.patch_size, bias=False)
+        self.num_patches = (self.image_size // self.patch_size) ** 2
+        self.num_positions = self.num_patches + 1
+        self.position_embedding = nn.Embedding(self.num_positions, self.embed_dim)
+        self.register_buffer("position_ids", torch.arange(self.num_positions).expand((1, -1)), persistent=False)
+
+    def interpolate_pos_encoding(self, embeddings: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Position table resized (bicubic, no antialias) to the patch grid of a ``height`` x ``width`` input."""
+        table = self.position_embedding.weight.unsqueeze(0)  # (1, 1 + N, D)
+        num_patches, num_positions = embeddings.shape[1] - 1, table.shape[1] - 1
+        if not torch.jit.is_tracing() and num_patches == num_positions and height == width:
+            return table
+        dim = embeddings.shape[-1]
+        side = int(num_positions**0.5)
+        grid = table[:, 1:].reshape(1, side, side, dim).permute(0, 3, 1, 2)  # (1, D, s, s)
+        grid = F.interpolate(grid, size=(height // self.patch_size, width // self.patch_size), mode="bicubic",
+                             align_corners=False)
+        grid = grid.permute(0, 2, 3, 1).reshape(1, -1, dim)  # (1, h*w, D), row-major
+        return torch.cat((table[:, :1], grid), dim=1)
+
+    def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
+        if pixel_values.dim() != 4 or pixel_values.shape[1] != self.config.num_channels:
+            raise ValueError(
+                f"pixel_values must have shape (batch, {self.config.num_channels}, height, width), got "
+                f"{tuple(pixel_values.shape)}. Use CLIPImageProcessor to prepare images.")
+        batch, _, height, width = pixel_values.shape
+        if not interpolate_pos_encoding and (height != self.image_size or width != self.image_size):
+            raise ValueError(
+                f"Input image size ({height}*{width}) doesn't match model ({self.image_size}*{self.image_size}). "
+                "Resize the images to the model's size or pass interpolate_pos_encoding=True.")
+        # casting here is what lets a bf16/fp16 model take the processor's float32 pixels
+        patches = self.patch_embedding(pixel_values.to(dtype=self.patch_embedding.weight.dtype))  # (B, D, h, w)
+        patches = patches.flatten(2).transpose(1, 2)  # (B, h*w, D)
+        embeddings = torch.cat([self.class_embedding.expand(batch, 1, -1), patches], dim=1)  # (B, 1 + h*w, D)
+        if interpolate_pos_encoding:
+            return embeddings + self.interpolate_pos_encoding(embeddings, height, width)
+        return embeddings + self.position_embedding.weight.unsqueeze(0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Transformer layers
+
+
+class CLIPAttention(nn.Module):
+    """Multi-head self-attention with separate q/k/v projections (as in the checkpoints)."""
+
+    def __init__(self, config: CLIPTextConfig | CLIPVisionConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_dim = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.head_dim = self.embed_dim // self.num_heads
+        if self.head_dim * self.num_heads != self.embed_dim:
+            raise ValueError(f"hidden_size ({self.embed_dim}) must be divisible by num_attention_heads "
+                             f"({self.num_heads}).")
+        self.scale = self.head_dim**-0.5
+        self.dropout = config.attention_dropout
+        self.is_causal = False
+        # registration order k, v, q matches transformers, so state_dict() lists keys in the same order
+        self.k_proj = nn.Linear(self.embed_dim, self.embed_dim)
+        self.v_proj = nn.Linear(self.embed_dim, self.embed_dim)
+        self.q_proj = nn.Linear(self.embed_dim, self.embed_dim)
+        self.out_proj = nn.Linear(self.embed_dim, self.embed_dim)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                causal_attention_mask: torch.Tensor | None = None,
+                output_attentions: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Masks are additive (B, 1, T, T) floats; for flash attention ``attention_mask`` is the 2-D padding mask.
+
+        Returns the output (B, T, D) and, if asked for, the attention probabilities (B, H, T, T).
+        """
+        batch, length, _ = hidden_states.shape
+        q = self.q_proj(hidden_states).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(hidden_states).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(hidden_states).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+        # q, k, v: (B, H, T, Dh)
+        dropout = self.dropout if self.training else 0.0
+        backend = self.config._attn_implementation
+        weights = None
+        if backend == "flash_attention_2":
+            out = flash_attention(q, k, v, attention_mask, self.scale, dropout, causal_attention_mask is not None)
+        else:
+            mask = _combine_masks(attention_mask, causal_attention_mask)
+            # attention probabilities exist only in the eager math, so asking for them selects it for this call
+            if backend == "eager" or output_attentions:
+                out, weights = eager_attention(q, k, v, mask, self.scale, dropout)
+            elif backend == "sdpa":
+                # no padding: the causal mask is replaced by the kernel's own causal path (same math, faster)
+                if attention_mask is None and causal_attention_mask is not None:
+                    out = sdpa_attention(q, k, v, None, self.scale, dropout, is_causal=length > 1)
+                else:
+                    out = sdpa_attention(q, k, v, mask, self.scale, dropout, is_causal=False)
+            else:
+                raise ValueError(f"attn_implementation={backend!r} is not supported; choose one of "
+                                 f"{list(ATTN_IMPLEMENTATIONS)}.")
+        out = out.transpose(1, 2).reshape(batch, length, self.embed_dim)  # (B, T, D)
+        return self.out_proj(out), (weights if output_attentions else None)
+
+
+def _combine_masks(attention_mask: torch.Tensor | None, causal_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """Sum the additive padding and causal masks (either may be absent), as transformers 4.x does."""
+    if attention_mask is not None and causal_mask is not None:
+        return attention_mask + causal_mask
+    return attention_mask if attention_mask is not None else causal_mask
+
+
+class CLIPMLP(nn.Module):
+    """fc1 -> activation (quick_gelu for OpenAI models) -> fc2."""
+
+    def __init__(self, config: CLIPTextConfig | CLIPVisionConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.activation_fn = _activation(config.hidden_act)
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.activation_fn(self.fc1(hidden_states)))
+
+
+class CLIPEncoderLayer(nn.Module):
+    """Pre-LayerNorm transformer block: ``x + attn(ln1(x))`` then ``x + mlp(ln2(x))``."""
+
+    def __init__(self, config: CLIPTextConfig | CLIPVisionConfig) -> None:
+        super().__init__()
+        self.embed_dim = config.hidden_size
+        self.self_attn = CLIPAttention(config)
+        self.layer_norm1 = nn.LayerNorm(self.embed_dim, eps=config.layer_norm_eps)
+        self.mlp = CLIPMLP(config)
+        self.layer_norm2 = nn.LayerNorm(self.embed_dim, eps=config.layer_norm_eps)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                causal_attention_mask: torch.Tensor | None = None,
+                output_attentions: bool = False) -> tuple[torch.Tensor, ...]:
+        attn_out, weights = self.self_attn(self.layer_norm1(hidden_states), attention_mask, causal_attention_mask,
+                                           output_attentions)
+        hidden_states = hidden_states + attn_out
+        hidden_states = hidden_states + self.mlp(self.layer_norm2(hidden_states))
+        return (hidden_states, weights) if output_attentions else (hidden_states,)
+
+
+class CLIPEncoder(nn.Module):
+    """A stack of ``num_hidden_layers`` encoder layers sharing one mask (no final norm here)."""
+
+    def __init__(self, config: CLIPTextConfig | CLIPVisionConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.layers = nn.ModuleList([CLIPEncoderLayer(config) for _ in range(config.num_hidden_layers)])
+        self.gradient_checkpointing = False
+
+    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                causal_attention_mask: torch.Tensor | None = None, output_attentions: bool | None = None,
+                output_hidden_states: bool | None = None, return_dict: bool | None = None) -> BaseModelOutput:
+        """hidden_states[0] is ``inputs_embeds``; hidden_states[i] is the output of layer i."""
+        all_hidden: list[torch.Tensor] | None = [] if output_hidden_states else None
+        all_attn: list[torch.Tensor] | None = [] if output_attentions else None
+        hidden_states = inputs_embeds
+        for layer in self.layers:
+            if all_hidden is not None:
+                all_hidden.append(hidden_states)
+            if self.gradient_checkpointing and self.training:
+                from torch.utils.checkpoint import checkpoint
+
+                outputs = checkpoint(layer, hidden_states, attention_mask, causal_attention_mask,
+                                     bool(output_attentions), use_reentrant=False)
+            else:
+                outputs = layer(hidden_states, attention_mask, causal_attention_mask, bool(output_attentions))
+            hidden_states = outputs[0]
+            if all_attn is not None:
+                all_attn.append(outputs[1])
+        if all_hidden is not None:
+            all_hidden.append(hidden_states)
+        return BaseModelOutput(last_hidden_state=hidden_states,
+                               hidden_states=tuple(all_hidden) if all_hidden is not None else None,
+                               attentions=tuple(all_attn) if all_attn is not None else None)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Towers
+
+
+def _flag(value: Any, default: bool) -> bool:
+    """An output flag from the call, else from the config (any truthy value counts)."""
+    return bool(default if value is None else value)
+
+
+class CLIPTextTransformer(nn.Module):
+    """The text tower: embeddings, causal encoder, final LayerNorm, pooling at the end-of-text token."""
+
+    def __init__(self, config: CLIPTextConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embeddings = CLIPTextEmbeddings(config)
+        self.encoder = CLIPEncoder(config)
+        self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.eos_token_id = config.eos_token_id
+
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, output_attentions: bool | None = None,
+                output_hidden_states: bool | None = None, return_dict: bool | None = None) -> Any:
+        if input_ids is None:
+            raise ValueError("You have to specify input_ids (token ids from CLIPTokenizer).")
+        input_ids = input_ids.view(-1, input_ids.shape[-1])  # (B, T)
+        hidden_states = self.embeddings(input_ids=input_ids, position_ids=position_ids)
+        batch, length = input_ids.shape
+        dtype, device = hidden_states.dtype, hidden_states.device
+        causal = _causal_mask(batch, length, dtype, device)
+        if self.config._attn_implementation == "flash_attention_2":
+            mask = attention_mask if attention_mask is not None and not bool(attention_mask.all()) else None
+        elif attention_mask is not None and not (self.config._attn_implementation == "sdpa"
+                                                 and bool(attention_mask.all())):
+            mask = _expand_padding_mask(attention_mask.to(device), dtype, length)
+        else:
+            mask = None  # no padding: sdpa then takes its causal fast path
+        encoded = self.encoder(hidden_states, mask, causal, _flag(output_attentions, self.config.output_attentions),
+                               _flag(output_hidden_states, self.config.output_hidden_states))
+        last_hidden_state = self.final_layer_norm(encoded.last_hidden_state)
+        pooled = last_hidden_state[torch.arange(batch, device=device), self._eos_positions(input_ids.to(device))]
+        out = BaseModelOutputWithPooling(last_hidden_state=last_hidden_state, pooler_output=pooled,
+                                         hidden_states=encoded.hidden_states, attentions=encoded.attentions)
+        return out if _flag(return_dict, self.config.return_dict) else out.to_tuple()
+
+    def _eos_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Index of the pooled token in each row (B,).
+
+        OpenAI's Hub configs store eos_token_id=2 (a bug fixed in transformers PR #24773); for them the legacy
+        rule stays: the first position of the largest id, which is <|endoftext|> with the real vocabulary.
+        Otherwise: the first position equal to eos_token_id (0 if a row has none, as the reference).
+        """
+        ids = input_ids.to(torch.int)
+        if self.eos_token_id == 2:
+            return ids.argmax(dim=-1)
+        return (ids == self.eos_token_id).int().argmax(dim=-1)
+
+
+class CLIPVisionTransformer(nn.Module):
+    """The vision tower: patch embeddings, pre-LayerNorm, encoder, post-LayerNorm of the class token."""
+
+    def __init__(self, config: CLIPVisionConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embeddings = CLIPVisionEmbeddings(config)
+        self.pre_layrnorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)  # sic: checkpoint key
+        self.encoder = CLIPEncoder(config)
+        self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, pixel_values: torch.Tensor | None = None, output_attentions: bool | None = None,
+                output_hidden_states: bool | None = None, interpolate_pos_encoding: bool = False,
+                return_dict: bool | None = None) -> Any:
+        if pixel_values is None:
+            raise ValueError("You have to specify pixel_values (from CLIPImageProcessor).")
+        hidden_states = self.pre_layrnorm(self.embeddings(pixel_values, interpolate_pos_encoding))
+        encoded = self.encoder(hidden_states, None, None, _flag(output_attentions, self.config.output_attentions),
+                               _flag(output_hidden_states, self.config.output_hidden_states))
+        last_hidden_state = encoded.last_hidden_state  # (B, 1 + N, D), no final norm on the sequence
+        pooled = self.post_layernorm(last_hidden_state[:, 0, :])
+        out = BaseModelOutputWithPooling(last_hidden_state=last_hidden_state, pooler_output=pooled,
+                                         hidden_states=encoded.hidden_states, attentions=encoded.attentions)
+        return out if _flag(return_dict, self.config.return_dict) else out.to_tuple()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Public models
+
+
+class CLIPPreTrainedModel(nn.Module):
+    """Base of the public models: weight initialisation and the transformers model API.
+
+    ``from_pretrained`` / ``save_pretrained`` are implemented in ``clipfast.loading``.
+    """
+
+    config_class: type[PretrainedConfig] = CLIPConfig
+    base_model_prefix = "clip"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flash_attn_2 = True
+    _no_split_modules = ["CLIPTextEmbeddings", "CLIPEncoderLayer", "CLIPVisionEmbeddings"]
+
+    def __init__(self, config: PretrainedConfig) -> None:
+        super().__init__()
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got "
+                            f"{type(config).__name__}.")
+        backend = config._attn_implementation
+        if backend not in ATTN_IMPLEMENTATIONS:
+            raise ValueError(f"attn_implementation={backend!r} is not supported; choose one of "
+                             f"{list(ATTN_IMPLEMENTATIONS)}.")
+        self.config = config
+        self.name_or_path = config._name_or_path
+
+    def post_init(self) -> None:
+        """Initialise every weight as the reference does (children first, so specific rules win)."""
+        self.apply(self._init_weights)
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Initialise the tensors that ``module``'s own rule covers."""
+        for tensor, init in self._init_rules(module):
+            init(tensor)
+
+    def _init_rules(self, module: nn.Module) -> list[tuple[torch.Tensor, Callable[[torch.Tensor], Any]]]:
+        """The reference's initialisation rules for one module, as (tensor, in-place init) pairs.
+
+        Kept as data so that loading can initialise only the tensors a checkpoint lacks.
+        """
+        factor = self.config.initializer_factor
+
+        def normal(std: float) -> Callable[[torch.Tensor], Any]:
+            return lambda t: t.normal_(mean=0.0, std=std)
+
+        rules: list[tuple[torch.Tensor, Callable[[torch.Tensor], Any]]] = []
+        if isinstance(module, CLIPTextEmbeddings):
+            rules += [(module.token_embedding.weight, normal(0.02 * factor)),
+                      (module.position_embedding.weight, normal(0.02 * factor))]
+        elif isinstance(module, CLIPVisionEmbeddings):
+            std = module.config.initializer_range * factor
+            rules += [(module.class_embedding, normal(module.embed_dim**-0.5 * factor)),
+                      (module.patch_embedding.weight, normal(std)), (module.position_embedding.weight, normal(std))]
+        elif isinstance(module, CLIPAttention):
+            in_std = module.embed_dim**-0.5 * (2 * module.config.num_hidden_layers) ** -0.5 * factor
+            rules += [(p.weight, normal(in_std)) for p in (module.q_proj, module.k_proj, module.v_proj)]
+            rules.append((module.out_proj.weight, normal(module.embed_dim**-0.5 * factor)))
+        elif isinstance(module, CLIPMLP):
+            hidden, layers = module.config.hidden_size, module.config.num_hidden_layers
+            rules += [(module.fc1.weight, normal((2 * hidden) ** -0.5 * factor)),
+                      (module.fc2.weight, normal(hidden**-0.5 * (2 * layers) ** -0.5 * factor))]
+        elif isinstance(module, CLIPModel):
+            rules += [(module.text_projection.weight, normal(module.text_embed_dim**-0.5 * factor)),
+                      (module.visual_projection.weight, normal(module.vision_embed_dim**-0.5 * factor)),
+                      (module.logit_scale, lambda t: t.fill_(self.config.logit_scale_init_value))]
+        elif isinstance(module, CLIPVisionModelWithProjection):
+            rules.append((module.visual_projection.weight, normal(self.config.hidden_size**-0.5 * factor)))
+        elif isinstance(module, CLIPTextModelWithProjection):
+            rules.append((module.text_projection.weight, normal(self.config.hidden_size**-0.5 * factor)))
+        elif isinstance(module, CLIPForImageClassification) and isinstance(module.classifier, nn.Linear):
+            std = self.config.vision_config.hidden_size**-0.5 * factor
+            rules.append((module.classifier.weight, normal(std)))
+        if isinstance(module, nn.LayerNorm):
+            rules += [(module.bias, lambda t: t.zero_()), (module.weight, lambda t: t.fill_(1.0))]
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            rules.append((module.bias, lambda t: t.zero_()))
+        return rules
+
+    # -- transformers model API ---------------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the first parameter."""
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """dtype of the first floating-point parameter."""
+        return next(p.dtype for p in self.parameters() if p.is_floating_point())
+
+    def num_parameters(self, only_trainable: bool = False) -> int:
+        """Number of parameters (optionally only those with requires_grad)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not only_trainable)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """Recompute each encoder layer in the backward pass to save activation memory."""
+        for module in self.modules():
+            if isinstance(module, CLIPEncoder):
+                module.gradient_checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        """Undo :meth:`gradient_checkpointing_enable`."""
+        for module in self.modules():
+            if isinstance(module, CLIPEncoder):
+                module.gradient_checkpointing = False
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return any(getattr(m, "gradient_checkpointing", False) for m in self.modules())
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The token embedding (text models) or the patch embedding (vision models)."""
+        raise NotImplementedError(f"{type(self).__name__} has no single input embedding.")
+
+    def get_output_embeddings(self) -> None:
+        return None
+
+    def tie_weights(self) -> None:
+        """CLIP ties no weights; present for API compatibility."""
+
+    def can_generate(self) -> bool:
+        return False
+
+    def resize_token_embeddings(self, new_num_tokens: int | None = None, **kwargs: Any) -> nn.Embedding:
+        """Grow or shrink the token table (e.g. after ``tokenizer.add_tokens``), keeping existing rows."""
+        old = self.get_input_embeddings()
+        if not isinstance(old, nn.Embedding):
+            raise TypeError(f"{type(self).__name__} has no token embedding to resize.")
+        if new_num_tokens is None:
+            return old
+        new = nn.Embedding(new_num_tokens, old.embedding_dim, device=old.weight.device, dtype=old.weight.dtype)
+        with torch.no_grad():
+            nn.init.normal_(new.weight, std=0.02 * self.config.initializer_factor)
+            keep = min(new_num_tokens, old.num_embeddings)
+            new.weight[:keep] = old.weight[:keep]
+        self._text_tower().embeddings.token_embedding = new
+        text_config = self.config.text_config if isinstance(self.config, CLIPConfig) else self.config
+        text_config.vocab_size = new_num_tokens
+        return new
+
+    def _text_tower(self) -> CLIPTextTransformer:
+        return self.text_model  # type: ignore[return-value]
+
+    @classmethod
+    def _from_config(cls, config: PretrainedConfig, torch_dtype: torch.dtype | None = None,
+                     attn_implementation: str | None = None, **kwargs: Any) -> Any:
+        """Build a randomly initialised model from a config (transformers' private constructor)."""
+        from clipfast.loading import build_model
+
+        return build_model(cls, config, torch_dtype=kwargs.pop("dtype", torch_dtype),
+                           attn_implementation=attn_implementation)
+
+    @classmethod
+    def from_config(cls, config: PretrainedConfig, **kwargs: Any) -> Any:
+        """Alias of :meth:`_from_config` (the Auto classes' spelling)."""
+        return cls._from_config(config, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *model_args: Any, **kwargs: Any) -> Any:
+        """Load a model from a folder or hub id; see :func:`clipfast.loading.from_pretrained` for the options.
+
+        Example:
+            >>> model = CLIPModel.from_pretrained("openai/clip-vit-base-patch32")  # doctest: +SKIP
+        """
+        from clipfast.loading import from_pretrained
+
+        return from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs)
+
+    def save_pretrained(self, save_directory: Any, **kwargs: Any) -> None:
+        """Write config.json and model.safetensors, loadable by clipfast and by transformers 4.x and 5.x."""
+        from clipfast.loading import save_pretrained
+
+        save_pretrained(self, save_directory, **kwargs)
+
+
+class CLIPTextModel(CLIPPreTrainedModel):
+    """The bare text tower. Output: ``last_hidden_state`` (B, T, D) and ``pooler_output`` (B, D)."""
+
+    config_class = CLIPTextConfig
+    _no_split_modules = ["CLIPTextEmbeddings", "CLIPEncoderLayer"]
+
+    def __init__(self, config: CLIPTextConfig) -> None:
+        super().__init__(config)
+        self.text_model = CLIPTextTransformer(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.text_model.embeddings.token_embedding
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.text_model.embeddings.token_embedding = value
+
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, output_attentions: bool | None = None,
+                output_hidden_states: bool | None = None, return_dict: bool | None = None) -> Any:
+        return self.text_model(input_ids, attention_mask, position_ids, output_attentions, output_hidden_states,
+                               return_dict)
+
+
+class CLIPVisionModel(CLIPPreTrainedModel):
+    """The bare vision tower. Output: ``last_hidden_state`` (B, 1+N, D) and ``pooler_output`` (B, D)."""
+
+    config_class = CLIPVisionConfig
+    main_input_name = "pixel_values"
+    _no_split_modules = ["CLIPEncoderLayer"]
+
+    def __init__(self, config: CLIPVisionConfig) -> None:
+        super().__init__(config)
+        self.vision_model = CLIPVisionTransformer(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.vision_model.embeddings.patch_embedding
+
+    def forward(self, pixel_values: torch.Tensor | None = None, output_attentions: bool | None = None,
+                output_hidden_states: bool | None = None, interpolate_pos_encoding: bool = False,
+                return_dict: bool | None = None) -> Any:
+        return self.vision_model(pixel_values, output_attentions, output_hidden_states, interpolate_pos_encoding,
+                                 return_dict)
+
+
+def _normalize(x: torch.Tensor) -> torch.Tensor:
+    """L2-normalise the last dimension, without epsilon (as the reference)."""
+    return x / x.norm(p=2, dim=-1, keepdim=True)
+
+
+def contrastive_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each row against its own index."""
+    return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
+
+
+def clip_loss(similarity: torch.Tensor) -> torch.Tensor:
+    """Symmetric CLIP loss over a square (text x image) logit matrix."""
+    return (contrastive_loss(similarity) + contrastive_loss(similarity.t())) / 2.0
+
+
+class CLIPModel(CLIPPreTrainedModel):
+    """Both towers, their projections and the learned temperature.
+
+    Example:
+        >>> import torch
+        >>> from clipfast import CLIPConfig, CLIPModel
+        >>> tiny = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
+        >>> model = CLIPModel(CLIPConfig(text_config=dict(tiny, vocab_size=99),
+        ...                              vision_config=dict(tiny, image_size=30, patch_size=2), projection_dim=64))
+        >>> out = model(input_ids=torch.tensor([[0, 5, 98]]), pixel_values=torch.rand(2, 3, 30, 30))
+        >>> tuple(out.logits_per_image.shape)
+        (2, 1)
+    """
+
+    config_class = CLIPConfig
+
+    def __init__(self, config: CLIPConfig) -> None:
+        super().__init__(config)
+        text_config, vision_config = config.text_config, config.vision_config
+        self.projection_dim = config.projection_dim
+        self.text_embed_dim = text_config.hidden_size
+        self.vision_embed_dim = vision_config.hidden_size
+        self.text_model = CLIPTextTransformer(text_config)
+        self.vision_model = CLIPVisionTransformer(vision_config)
+        self.visual_projection = nn.Linear(self.vision_embed_dim, self.projection_dim, bias=False)
+        self.text_projection = nn.Linear(self.text_embed_dim, self.projection_dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.text_model.embeddings.token_embedding
+
+    def get_text_features(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                          position_ids: torch.Tensor | None = None, output_attentions: bool | None = None,
+                          output_hidden_states: bool | None = None, return_dict: bool | None = None) -> torch.Tensor:
+        """Projected (not normalized) text embeddings, shape (B, projection_dim)."""
+        pooled = self.text_model(input_ids, attention_mask, position_ids, False, False, True).pooler_output
+        return self.text_projection(pooled)
+
+    def get_image_features(self, pixel_values: torch.Tensor | None = None, output_attentions: bool | None = None,
+                           output_hidden_states: bool | None = None, interpolate_pos_encoding: bool = False,
+                           return_dict: bool | None = None) -> torch.Tensor:
+        """Projected (not normalized) image embeddings, shape (B, projection_dim)."""
+        pooled = self.vision_model(pixel_values, False, False, interpolate_pos_encoding, True).pooler_output
+        return self.visual_projection(pooled)
+
+    def forward(self, input_ids: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                return_loss: bool | None = None, output_attentions: bool | None = None,
+                output_hidden_states: bool | None = None, interpolate_pos_encoding: bool = False,
+                return_dict: bool | None = None) -> Any:
+        """Similarity logits between every text and every image; loss with ``return_loss=True``."""
+        output_attentions = _flag(output_attentions, self.config.output_attentions)
+        output_hidden_states = _flag(output_hidden_states, self.config.output_hidden_states)
+        vision_out = self.vision_model(pixel_values, output_attentions, output_hidden_states,
+                                       interpolate_pos_encoding, True)
+        text_out = self.text_model(input_ids, attention_mask, position_ids, output_attentions, output_hidden_states,
+                                   True)
+        image_embeds = _normalize(self.visual_projection(vision_out.pooler_output))
+        text_embeds = _normalize(self.text_projection(text_out.pooler_output))
+        logits_per_text = torch.matmul(text_embeds, image_embeds.t().to(text_embeds.device))
+        logits_per_text = logits_per_text * self.logit_scale.exp().to(text_embeds.device)
+        logits_per_image = logits_per_text.t()
+        loss = clip_loss(logits_per_text) if return_loss else None
+        out = CLIPOutput(loss=loss, logits_per_image=logits_per_image, logits_per_text=logits_per_text,
+                         text_embeds=text_embeds, image_embeds=image_embeds, text_model_output=text_out,
+                         vision_model_output=vision_out)
+        return out if _flag(return_dict, self.config.return_dict) else out.to_tuple()
+
+
+class CLIPTextModelWithProjection(CLIPPreTrainedModel):
+    """Text tower plus ``text_projection``: ``text_embeds`` (B, projection_dim), not normalized."""
+
+    config_class = CLIPTextConfig
+    _no_split_modules = ["CLIPTextEmbeddings", "CLIPEncoderLayer"]
+
+    def __init__(self, config: CLIPTextConfig) -> None:
+        super().__init__(config)
+        self.text_model = CLIPTextTransformer(config)
+        self.text_projection = nn.Linear(config.hidden_size, config.projection_dim, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.text_model.embeddings.token_embedding
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.text_model.embeddings.token_embedding = value
+
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, output_attentions: bool | None = None,
+                output_hidden_states: bool | None = None, return_dict: bool | None = None) -> Any:
+        text_out = self.text_model(input_ids, attention_mask, position_ids, output_attentions, output_hidden_states,
+                                   True)
+        out = CLIPTextModelOutput(text_embeds=self.text_projection(text_out.pooler_output),
+                                  last_hidden_state=text_out.last_hidden_state,
+                                  hidden_states=text_out.hidden_states, attentions=text_out.attentions)
+        return out if _flag(return_dict, self.config.return_dict) else out.to_tuple()
+
+
+class CLIPVisionModelWithProjection(CLIPPreTrainedModel):
+    """Vision tower plus ``visual_projection``: ``image_embeds`` (B, projection_dim), not normalized."""
+
+    config_class = CLIPVisionConfig
+    main_input_name = "pixel_values"
+
+    def __init__(self, config: CLIPVisionConfig) -> None:
+        super().__init__(config)
+        self.vision_model = CLIPVisionTransformer(config)
+        self.visual_projection = nn.Linear(config.hidden_size, config.projection_dim, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.vision_model.embeddings.patch_embedding
+
+    def forward(self, pixel_values: torch.Tensor | None = None, output_attentions: bool | None = None,
+                output_hidden_states: bool | None = None, interpolate_pos_encoding: bool = False,
+                return_dict: bool | None = None) -> Any:
+        vision_out = self.vision_model(pixel_values, output_attentions, output_hidden_states,
+                                       interpolate_pos_encoding, True)
+        out = CLIPVisionModelOutput(image_embeds=self.visual_projection(vision_out.pooler_output),
+                                    last_hidden_state=vision_out.last_hidden_state,
+                                    hidden_states=vision_out.hidden_states, attentions=vision_out.attentions)
+        return out if _flag(return_dict, self.config.return_dict) else out.to_tuple()
+
+
+class CLIPForImageClassification(CLIPPreTrainedModel):
+    """Vision tower plus a linear classifier on the mean of the patch tokens (class token excluded)."""
+
+    config_class = CLIPConfig
+    main_input_name = "pixel_values"
+
+    def __init__(self, config: CLIPConfig) -> None:
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.vision_model = CLIPVisionTransformer(config.vision_config)
+        hidden = config.vision_config.hidden_size
+        self.classifier = nn.Linear(hidden, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.vision_model.embeddings.patch_embedding
+
+    def forward(self, pixel_values: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                output_attentions: bool | None = None, output_hidden_states: bool | None = None,
+                return_dict: bool | None = None, interpolate_pos_encoding: bool = False) -> Any:
+        output_attentions = _flag(output_attentions, self.config.output_attentions)
+        output_hidden_states = _flag(output_hidden_states, self.config.output_hidden_states)
+        vision_out = self.vision_model(pixel_values, output_attentions, output_hidden_states,
+                                       interpolate_pos_encoding, True)
+        logits = self.classifier(vision_out.last_hidden_state[:, 1:, :].mean(dim=1))  # (B, num_labels)
+        loss = self._loss(logits, labels) if labels is not None else None
+        out = ImageClassifierOutput(loss=loss, logits=logits, hidden_states=vision_out.hidden_states,
+                                    attentions=vision_out.attentions)
+        return out if _flag(return_dict, self.config.return_dict) else out.to_tuple()
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """MSE for regression, cross-entropy for single-label, BCE-with-logits for multi-label classification."""
+        labels = labels.to(logits.device)
+        if self.config.problem_type is None:
+            if self.num_labels == 1:
+                self.config.problem_type = "regression"
+            elif labels.dtype in (torch.long, torch.int):
+                self.config.problem_type = "single_label_classification"
+            else:
+                self.config.problem_type = "multi_label_classification"
+        problem = self.config.problem_type
+        if problem == "regression":
+            if self.num_labels == 1:
+                return F.mse_loss(logits.squeeze(), labels.squeeze().to(logits.dtype))
+            return F.mse_loss(logits, labels.to(logits.dtype))
+        if problem == "single_label_classification":
+            return F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
+        if problem == "multi_label_classification":
+            return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+        raise ValueError(f"problem_type={problem!r} is not one of 'regression', 'single_label_classification', "
+                         "'multi_label_classification'.")
+
+
+MODEL_CLASSES: dict[str, type[CLIPPreTrainedModel]] = {
+    cls.__name__: cls
+    for cls in (CLIPModel, CLIPTextModel, CLIPVisionModel, CLIPTextModelWithProjection,
+                CLIPVisionModelWithProjection, CLIPForImageClassification)
+}
+
+__all__ = [*MODEL_CLASSES, "CLIPPreTrainedModel", "CLIPTextTransformer", "CLIPVisionTransformer", "CLIPEncoder",
+           "CLIPEncoderLayer", "CLIPAttention", "CLIPMLP", "CLIPTextEmbeddings", "CLIPVisionEmbeddings",
+           "ModelOutput", "BaseModelOutput", "BaseModelOutputWithPooling", "CLIPOutput", "CLIPTextModelOutput",
+           "CLIPVisionModelOutput", "ImageClassifierOutput"]
