@@ -1,0 +1,266 @@
+"""Every model class against transformers 4.57, both directions, every output field, eager and sdpa."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+import clipfast
+from conftest import TINY_TEXT, TINY_VISION, tiny_config_dict
+
+ATOL = 1e-5
+CLASSES = ["CLIPModel", "CLIPTextModel", "CLIPVisionModel", "CLIPTextModelWithProjection",
+           "CLIPVisionModelWithProjection", "CLIPForImageClassification"]
+
+
+def _ref_config(name: str, eos: int = 98):
+    cfg = tiny_config_dict(text={"eos_token_id": eos})
+    if name in ("CLIPModel", "CLIPForImageClassification"):
+        return transformers.CLIPConfig(**cfg, num_labels=3)
+    if "Text" in name:
+        return transformers.CLIPTextConfig(**cfg["text_config"])
+    return transformers.CLIPVisionConfig(**cfg["vision_config"])
+
+
+def _inputs(name: str, text_inputs, pixel_values) -> dict:
+    ids, mask = text_inputs
+    if name == "CLIPModel":
+        return dict(input_ids=ids, attention_mask=mask, pixel_values=pixel_values,
+                    return_loss=True)
+    if "Text" in name:
+        return dict(input_ids=ids, attention_mask=mask)
+    if name == "CLIPForImageClassification":
+        return dict(pixel_values=pixel_values, labels=torch.tensor([0, 2, 1, 1]))
+    return dict(pixel_values=pixel_values)
+
+
+def assert_same(a, b, path="out"):
+    """Recursively compare two outputs (ModelOutput / tuple / tensor) field by field."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor), path
+        assert a.shape == b.shape, f"{path}: {a.shape} vs {b.shape}"
+        assert torch.allclose(a.float(), b.float(), atol=ATOL, rtol=1e-4), f"{path}: max diff {(a - b).abs().max()}"
+        return
+    if isinstance(a, dict):
+        assert list(a.keys()) == list(b.keys()), f"{path}: {list(a.keys())} vs {list(b.keys())}"
+        for key in a:
+            assert_same(a[key], b[key], f"{path}.{key}")
+        return
+    assert isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)), f"{path}: {type(a)} vs {type(b)}"
+    assert len(a) == len(b), f"{path}: len {len(a)} vs {len(b)}"
+    for i, (x, y) in enumerate(zip(a, b)):
+        assert_same(x, y, f"{path}[{i}]")
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("name", CLASSES)
+def test_transformers_checkpoint_loads_and_matches(name, attn, tmp_path, text_inputs, pixel_values):
+    ref = getattr(transformers, name)(_ref_config(name)).eval()
+    ref.save_pretrained(tmp_path)
+    ours = getattr(clipfast, name).from_pretrained(tmp_path, attn_implementation=attn)
+    ref = getattr(transformers, name).from_pretrained(tmp_path, attn_implementation="eager").eval()
+    inputs = _inputs(name, text_inputs, pixel_values)
+    flags = dict(output_hidden_states=True, output_attentions=True)
+    with torch.no_grad():
+        assert_same(ref(**inputs, **flags), ours(**inputs, **flags))
+        assert_same(ref(**inputs, return_dict=False), ours(**inputs, return_dict=False))
+
+
+@pytest.mark.parametrize("name", CLASSES)
+def test_clipfast_checkpoint_loads_in_transformers(name, tmp_path, text_inputs, pixel_values):
+    config_cls = {"CLIPModel": clipfast.CLIPConfig, "CLIPForImageClassification": clipfast.CLIPConfig}
+    cfg = tiny_config_dict(text={"eos_token_id": 98})
+    if name in config_cls:
+        config = clipfast.CLIPConfig(**cfg, num_labels=3)
+    elif "Text" in name:
+        config = clipfast.CLIPTextConfig(**cfg["text_config"])
+    else:
+        config = clipfast.CLIPVisionConfig(**cfg["vision_config"])
+    ours = getattr(clipfast, name)(config).eval()
+    ours.save_pretrained(tmp_path)
+    ref, info = getattr(transformers, name).from_pretrained(tmp_path, attn_implementation="eager",
+                                                            output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    inputs = _inputs(name, text_inputs, pixel_values)
+    with torch.no_grad():
+        assert_same(ref.eval()(**inputs, output_hidden_states=True), ours(**inputs, output_hidden_states=True))
+
+
+@pytest.mark.parametrize("eos", [2, 98, 49407])
+def test_pooling_rules_match_reference(eos, tmp_path, text_inputs):
+    """eos_token_id == 2 selects the legacy argmax rule; other values pool at the first EOS (index 0 if none)."""
+    ref = transformers.CLIPTextModel(_ref_config("CLIPTextModel", eos=eos)).eval()
+    ref.save_pretrained(tmp_path)
+    ours = clipfast.CLIPTextModel.from_pretrained(tmp_path)
+    ids, mask = text_inputs
+    ids[0, 2] = 97  # not the max id anywhere: legacy argmax must still pick the EOS (98)
+    with torch.no_grad():
+        assert_same(ref(ids, mask).pooler_output, ours(ids, mask).pooler_output)
+
+
+def test_get_features_are_tensors_matching_reference(tmp_path, text_inputs, pixel_values):
+    ref = transformers.CLIPModel(_ref_config("CLIPModel")).eval()
+    ref.save_pretrained(tmp_path)
+    ours = clipfast.CLIPModel.from_pretrained(tmp_path)
+    ids, mask = text_inputs
+    with torch.no_grad():
+        text, image = ours.get_text_features(ids, mask), ours.get_image_features(pixel_values)
+        assert isinstance(text, torch.Tensor) and text.shape == (4, 24)
+        assert_same(ref.get_text_features(input_ids=ids, attention_mask=mask), text)
+        assert_same(ref.get_image_features(pixel_values=pixel_values), image)
+
+
+def test_interpolate_pos_encoding_matches_reference(tmp_path):
+    ref = transformers.CLIPModel(_ref_config("CLIPModel")).eval()
+    ref.save_pretrained(tmp_path)
+    ours = clipfast.CLIPModel.from_pretrained(tmp_path)
+    pixels = torch.randn(2, 3, 22, 40)  # non-square and not the native 30x30
+    with pytest.raises(ValueError, match="doesn't match model"):
+        ours.get_image_features(pixels)
+    with torch.no_grad():
+        a = ref.vision_model(pixels, interpolate_pos_encoding=True)
+        b = ours.vision_model(pixels, interpolate_pos_encoding=True)
+    assert b.last_hidden_state.shape == (2, 1 + 11 * 20, 32)
+    assert_same(a, b)
+
+
+def test_eager_equals_sdpa(text_inputs, pixel_values):
+    config = clipfast.CLIPConfig(**tiny_config_dict())
+    eager = clipfast.CLIPModel(config).eval()
+    config_sdpa = clipfast.CLIPConfig(**tiny_config_dict())
+    config_sdpa._attn_implementation = "sdpa"
+    sdpa = clipfast.CLIPModel(config_sdpa).eval()
+    sdpa.load_state_dict(eager.state_dict())
+    eager.config._attn_implementation = "eager"
+    ids, mask = text_inputs
+    for m in (mask, None):
+        with torch.no_grad():
+            assert_same(eager(ids, pixel_values, m), sdpa(ids, pixel_values, m))
+
+
+def test_padding_does_not_change_a_texts_embedding(text_inputs):
+    """A text's embedding is independent of what else is in its batch (right padding + causal attention)."""
+    model = clipfast.CLIPModel(clipfast.CLIPConfig(**tiny_config_dict(text={"eos_token_id": 98}))).eval()
+    ids, mask = text_inputs
+    with torch.no_grad():
+        batched = model.get_text_features(ids, mask)
+        for row in range(len(ids)):
+            length = int(mask[row].sum())
+            alone = model.get_text_features(ids[row: row + 1, :length], mask[row: row + 1, :length])
+            assert torch.allclose(alone, batched[row: row + 1], atol=1e-5)
+
+
+def test_bf16_on_cpu_is_close_to_fp32(text_inputs, pixel_values, tmp_path):
+    model = clipfast.CLIPModel(clipfast.CLIPConfig(**tiny_config_dict(text={"eos_token_id": 98}))).eval()
+    model.save_pretrained(tmp_path)
+    bf16 = clipfast.CLIPModel.from_pretrained(tmp_path, torch_dtype=torch.bfloat16)
+    assert bf16.dtype == torch.bfloat16 and bf16.logit_scale.dtype == torch.bfloat16
+    ids, mask = text_inputs
+    with torch.no_grad():
+        a = model(ids, pixel_values, mask)
+        b = bf16(ids, pixel_values, mask)  # float32 pixels into a bf16 model, as the processor gives them
+    assert b.logits_per_image.dtype == torch.bfloat16
+    assert torch.allclose(a.image_embeds, b.image_embeds.float(), atol=3e-2)
+    assert torch.allclose(a.text_embeds, b.text_embeds.float(), atol=3e-2)
+
+
+def test_fp16_forward_and_backward_on_cpu(text_inputs, pixel_values):
+    model = clipfast.CLIPModel(clipfast.CLIPConfig(**tiny_config_dict())).half()
+    ids, mask = text_inputs
+    pixels = pixel_values.clone().half().requires_grad_(True)
+    out = model(ids, pixels, mask, return_loss=True)
+    out.loss.backward()
+    assert pixels.grad is not None and torch.isfinite(pixels.grad).all()
+
+
+def test_loss_gradients_and_training_step(text_inputs, pixel_values):
+    model = clipfast.CLIPModel(clipfast.CLIPConfig(**tiny_config_dict()))
+    model.gradient_checkpointing_enable()
+    model.train()
+    ids, mask = text_inputs
+    out = model(ids, pixel_values[:1].repeat(4, 1, 1, 1), mask, return_loss=True)
+    out.loss.backward()
+    assert model.logit_scale.grad is not None
+    assert all(p.grad is not None for p in model.text_model.parameters() if p.requires_grad)
+
+
+def test_initialization_matches_reference_statistics():
+    """As transformers' test_initialization: logit_scale = ln(1/0.07); means near 0 (weights) or 1 (norms)."""
+    torch.manual_seed(0)
+    ours = clipfast.CLIPModel(clipfast.CLIPConfig(**tiny_config_dict()))
+    torch.manual_seed(0)
+    ref = transformers.CLIPModel(transformers.CLIPConfig(**tiny_config_dict()))
+    assert abs(ours.logit_scale.item() - 2.6592) < 1e-4
+    ref_sd = ref.state_dict()
+    for key, tensor in ours.state_dict().items():
+        # same rules -> same standard deviation per tensor (within sampling noise)
+        std_ours, std_ref = tensor.float().std().item() if tensor.numel() > 1 else 0, 0
+        if tensor.numel() > 1:
+            std_ref = ref_sd[key].float().std().item()
+        assert abs(std_ours - std_ref) <= 0.35 * max(std_ref, 1e-6) + 1e-6, key
+
+
+def test_output_access_styles(text_inputs, pixel_values):
+    model = clipfast.CLIPModel(clipfast.CLIPConfig(**tiny_config_dict())).eval()
+    ids, mask = text_inputs
+    out = model(ids, pixel_values, mask, output_hidden_states=1)  # truthy non-bool flag
+    assert out["text_embeds"] is out.text_embeds and out[0] is out.logits_per_image
+    assert "loss" not in out and len(out.to_tuple()) == 6
+    hidden = out.vision_model_output["hidden_states"]
+    assert len(hidden) == TINY_VISION["num_hidden_layers"] + 1 and hidden[-2].shape == hidden[-1].shape
+    assert isinstance(out.to_tuple()[4], tuple)
+    tup = model(ids, pixel_values, mask, return_loss=True, return_dict=False)
+    assert len(tup) == 7 and tup[0].dim() == 0
+
+
+def test_int32_ids_and_positional_inputs(text_inputs, pixel_values):
+    model = clipfast.CLIPModel(clipfast.CLIPConfig(**tiny_config_dict())).eval()
+    ids, mask = text_inputs
+    with torch.no_grad():
+        a = model(ids.int(), pixel_values, mask.int())
+        b = model(ids, pixel_values, mask)
+    assert torch.equal(a.logits_per_text, b.logits_per_text)
+
+
+def test_text_longer_than_positions_is_a_clear_error():
+    model = clipfast.CLIPTextModel(clipfast.CLIPTextConfig(**TINY_TEXT))
+    with pytest.raises(ValueError, match="truncation=True"):
+        model(torch.ones(1, TINY_TEXT["max_position_embeddings"] + 1, dtype=torch.long))
+
+
+def test_module_names_and_api_match_reference():
+    ours = clipfast.CLIPModel(clipfast.CLIPConfig(**tiny_config_dict()))
+    ref = transformers.CLIPModel(transformers.CLIPConfig(**tiny_config_dict()))
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    assert isinstance(ours.visual_projection, torch.nn.Linear)
+    assert isinstance(ours.logit_scale, torch.nn.Parameter) and ours.logit_scale.requires_grad
+    assert ours.get_input_embeddings() is ours.text_model.embeddings.token_embedding
+    assert ours.num_parameters() == ref.num_parameters()
+    new = ours.resize_token_embeddings(120)
+    assert new.num_embeddings == 120 and ours.config.text_config.vocab_size == 120
+
+
+def test_flash_attention_needs_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: covered by the GPU script")
+    config = clipfast.CLIPConfig(**tiny_config_dict())
+    config._attn_implementation = "flash_attention_2"
+    model = clipfast.CLIPModel(config)
+    with pytest.raises(ValueError, match="CUDA"):
+        model(torch.ones(1, 3, dtype=torch.long), torch.randn(1, 3, 30, 30))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("attn", ["sdpa", "flash_attention_2"])
+def test_gpu_half_precision_matches_fp32(attn, text_inputs, pixel_values, tmp_path):
+    model = clipfast.CLIPModel(clipfast.CLIPConfig(**tiny_config_dict(text={"eos_token_id": 98}))).eval()
+    model.save_pretrained(tmp_path)
+    gpu = clipfast.CLIPModel.from_pretrained(tmp_path, torch_dtype=torch.bfloat16, attn_implementation=attn,
+                                             device_map="cuda")
+    ids, mask = text_inputs
+    with torch.no_grad():
+        a = model(ids, pixel_values, mask)
+        b = gpu(ids.cuda(), pixel_values.cuda(), mask.cuda())
+    assert torch.allclose(a.text_embeds, b.text_embeds.float().cpu(), atol=4e-2)
+    assert torch.allclose(a.image_embeds, b.image_embeds.float().cpu(), atol=4e-2)
