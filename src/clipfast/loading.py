@@ -105,7 +105,12 @@ def from_pretrained(cls: type, pretrained_model_name_or_path: str | os.PathLike,
     hub = dict(subfolder=subfolder, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
                token=token)
     if config is None:
-        data = cls.config_class._select(cls.config_class.get_config_dict(source, **hub), source)
+        full = cls.config_class.get_config_dict(source, **hub)
+        data = cls.config_class._select(full, source)
+        if data is not full and "projection_dim" in full:
+            # a tower with projection taken out of a CLIPModel checkpoint: the projection there is the
+            # composite's projection_dim (sub-configs of some checkpoints carry a stale default)
+            data = {**data, "projection_dim": full["projection_dim"]}
         config = cls.config_class.from_dict(data)
     elif not isinstance(config, cls.config_class):
         raise TypeError(f"config must be a {cls.config_class.__name__}, got {type(config).__name__}.")
@@ -121,7 +126,7 @@ def from_pretrained(cls: type, pretrained_model_name_or_path: str | os.PathLike,
         model = cls(config)
     state_dict = _match_prefix(state_dict, model)
     info = _assign(model, state_dict, target_dtype, ignore_mismatched_sizes, source)
-    _report(cls.__name__, source, info)
+    _report(model, source, info)
     model.name_or_path = source
     model = model.to(_device(device_map)).eval()
     return (model, info) if output_loading_info else model
@@ -221,11 +226,18 @@ def _materialize(model: CLIPPreTrainedModel, dtype: torch.dtype, uninitialised: 
                 init(tensor)
 
 
-def _report(class_name: str, source: str, info: dict[str, list]) -> None:
-    """Log what was not used or not found, as transformers does (expected drops only at info level)."""
+def _report(model: nn.Module, source: str, info: dict[str, list]) -> None:
+    """Warn about what was not used or not found, as transformers does.
+
+    Keys of a CLIP part this class does not have (the other tower, logit_scale, a projection) are expected when
+    loading one tower from a full checkpoint, and only logged at info level.
+    """
+    class_name = type(model).__name__
+    own_parts = {name for name, _ in model.named_children()} | {name for name, _ in model.named_parameters(
+        recurse=False)}
     unexpected = info["unexpected_keys"]
-    expected_drop = [k for k in unexpected if _OTHER_PART.match(k)]
-    surprising = [k for k in unexpected if not _OTHER_PART.match(k)]
+    expected_drop = [k for k in unexpected if _OTHER_PART.match(k) and k.split(".")[0] not in own_parts]
+    surprising = [k for k in unexpected if k not in expected_drop]
     if expected_drop:
         logger.info("%d weights of %s were not used by %s (another part of a CLIP checkpoint).",
                     len(expected_drop), source, class_name)
