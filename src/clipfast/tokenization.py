@@ -545,8 +545,13 @@ class TokenizerBase:
             return_special_tokens_mask, return_offsets_mapping, return_length)
         data, encodings = self._encode_batch(texts, pairs, plan)
         if not batched and return_tensors is None:
-            return BatchEncoding({k: v[0] for k, v in data.items()}, encoding=encodings)
+            return BatchEncoding(self._unbatch(data), encoding=encodings)
         return BatchEncoding(data, encoding=encodings, tensor_type=return_tensors)
+
+    @staticmethod
+    def _unbatch(data: dict[str, list[Any]]) -> dict[str, Any]:
+        """The first (only) row of each field, for a single text without return_tensors."""
+        return {k: v[0] for k, v in data.items()}
 
     def _plan(self, padding: Any, truncation: Any, max_length: int | None, pad_to_multiple_of: int | None,
               padding_side: str | None, verbose: bool) -> CallPlan:
@@ -606,8 +611,8 @@ class TokenizerBase:
         """The reference's warning for rows longer than ``model_max_length`` when nothing limits them."""
         if plan.max_length is not None or not plan.verbose or self.model_max_length in (0, NO_LIMIT):
             return
-        longest = max(lengths, default=0)
-        if longest > self.model_max_length:
+        longest = next((n for n in lengths if n > self.model_max_length), 0)  # the first, as the reference
+        if longest:
             self._warn_once(True, "too-long",
                             "Token indices sequence length is longer than the specified maximum sequence length for "
                             f"this model ({longest} > {self.model_max_length}). Running this sequence through the "
