@@ -1,0 +1,104 @@
+"""clipfast vs transformers on the model itself: cold start, image and text encoder throughput (CPU or GPU).
+
+Both libraries load the same full-size ViT-B/32 random-weight checkpoint (written once by transformers into
+a temp folder) and run with the same threads; calls are interleaved.
+
+    python benchmarks/bench_model.py [--quick] [--device cpu|cuda] [--dtype float32|bfloat16|float16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import interleaved, report  # noqa: E402
+
+COLD = {
+    "clipfast": "import clipfast; clipfast.CLIPModel.from_pretrained({path!r})",
+    "transformers": "import transformers; transformers.CLIPModel.from_pretrained({path!r})",
+}
+
+
+def make_checkpoint(folder: Path, arch: str = "B/32") -> Path:
+    """A full-size random CLIP checkpoint saved by transformers (config.json + model.safetensors)."""
+    import transformers
+
+    sizes = {"B/32": {}, "L/14": dict(text_config=dict(hidden_size=768, intermediate_size=3072,
+                                                      num_attention_heads=12, projection_dim=768),
+                                     vision_config=dict(hidden_size=1024, intermediate_size=4096,
+                                                        num_attention_heads=16, num_hidden_layers=24, patch_size=14,
+                                                        projection_dim=768), projection_dim=768)}[arch]
+    path = folder / arch.replace("/", "")
+    if not (path / "model.safetensors").exists():
+        transformers.CLIPModel(transformers.CLIPConfig(**sizes)).save_pretrained(path)
+    return path
+
+
+def cold_start(path: Path, repeats: int) -> list[dict[str, object]]:
+    """Wall time of a fresh interpreter that imports the library and loads the checkpoint."""
+    def run(lib: str):
+        return lambda: subprocess.run([sys.executable, "-c", COLD[lib].format(path=str(path))], check=True,
+                                      capture_output=True)
+    times = interleaved({lib: run(lib) for lib in COLD}, repeats=repeats, warmup=1)
+    return [{"path": "import + from_pretrained (B/32)", "batch": "-", "unit": "s",
+             "clipfast": times["clipfast"], "transformers": times["transformers"], "speedup": times["transformers"] / times["clipfast"]}]
+
+
+def encoders(path: Path, device: str, dtype: torch.dtype, batches: list[int], repeats: int) -> list[dict]:
+    """Images/s and texts/s of both libraries' encoders on the same weights."""
+    import transformers
+
+    import clipfast
+
+    ours = clipfast.CLIPModel.from_pretrained(path, torch_dtype=dtype, device_map=device)
+    ref = transformers.CLIPModel.from_pretrained(path, torch_dtype=dtype, attn_implementation="sdpa").to(device)
+    rows = []
+    for batch in batches:
+        pixels = torch.randn(batch, 3, 224, 224, device=device, dtype=dtype)
+        cases = [("image encoder", pixels, lambda m, x: m.get_image_features(pixel_values=x))]
+        for length in (16, 77):
+            ids = torch.randint(0, 49406, (batch, length), device=device)
+            ids[:, -1] = 49407
+            cases.append((f"text encoder T={length}", ids, lambda m, x: m.get_text_features(input_ids=x)))
+        for name, x, fn in cases:
+            def call(m, fn=fn, x=x):
+                with torch.inference_mode():
+                    fn(m, x)
+                if device == "cuda":
+                    torch.cuda.synchronize()
+            times = interleaved({"clipfast": lambda: call(ours), "transformers": lambda: call(ref)},
+                                repeats=repeats)
+            rows.append({"path": f"{name} {str(dtype).removeprefix('torch.')}", "batch": batch, "unit": "items/s",
+                         "clipfast": batch / times["clipfast"], "transformers": batch / times["transformers"],
+                         "speedup": times["transformers"] / times["clipfast"]})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--batches", default="1,32")
+    parser.add_argument("--skip-cold", action="store_true")
+    args = parser.parse_args()
+    repeats = 3 if args.quick else 7
+    with tempfile.TemporaryDirectory() as tmp:
+        path = make_checkpoint(Path(tmp))
+        rows = [] if args.skip_cold else cold_start(path, repeats)
+        rows += encoders(path, args.device, getattr(torch, args.dtype), [int(b) for b in args.batches.split(",")],
+                         repeats)
+    report(f"model_{args.device}_{args.dtype}", rows)
+
+
+if __name__ == "__main__":
+    start = time.time()
+    main()
+    print(f"done in {time.time() - start:.0f} s")
