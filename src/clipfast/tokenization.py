@@ -296,6 +296,8 @@ def _as_batch(text: Any, text_pair: Any, split_words: bool) -> tuple[list[Any], 
         raise InputError("You need to specify either `text` or `text_target`: got text=None.")
     batched = _is_batch(text, split_words)
     texts = list(text) if batched else [text]
+    if not texts:
+        raise InputError("text is an empty batch; pass at least one text (an empty string is fine).")
     if text_pair is None:
         pairs = None
         if not split_words and any(isinstance(t, (list, tuple)) for t in texts):
