@@ -87,7 +87,6 @@ def test_slow_without_ftfy_matches_reference_without_ftfy(texts: list[str], monk
     assert ref.fix_text is None and ours._fix_text is None
     sample = texts[::3]
     assert ours(sample).input_ids == ref(sample).input_ids
-    assert ours("&amp; ﬁne").input_ids != clipfast.CLIPTokenizer.from_openai_vocab()("&amp; ﬁne").input_ids or True
 
 
 @pytest.mark.parametrize("kind", ["slow", "fast"])
