@@ -427,7 +427,9 @@ class _CLIPImageProcessorBase:
         unknown = set(kwargs) - set(_PREPROCESS_KEYS) - set(self._extra_call_keys())
         if unknown:
             logger.warning("Unused or unrecognized kwargs: %s.", ", ".join(sorted(unknown)))
-        opts = {key: getattr(self, key, None) for key in _PREPROCESS_KEYS}
+        # the reference reads these three only from the call (the fast class also from its attributes)
+        call_only = {"return_tensors", "data_format", "input_data_format"} - set(self._extra_defaults)
+        opts = {key: None if key in call_only else getattr(self, key, None) for key in _PREPROCESS_KEYS}
         opts.update({k: v for k, v in kwargs.items() if v is not None})
         opts.setdefault("data_format", FIRST)
         opts["data_format"] = getattr(opts["data_format"], "value", opts["data_format"]) or FIRST

@@ -1,0 +1,283 @@
+"""CLIPImageProcessor / CLIPImageProcessorFast against transformers 4.57 on real photos and odd inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import image_fixtures
+from clipfast.errors import InputError
+from clipfast.image_processing import BatchFeature, CLIPFeatureExtractor, CLIPImageProcessor, CLIPImageProcessorFast
+
+transformers = pytest.importorskip("transformers")
+
+ONE_LEVEL = 0.02  # one uint8 level after normalisation is 1 / (255 * 0.2613) = 0.015
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> list[Image.Image]:
+    folder = tmp_path_factory.mktemp("photos")
+    images = []
+    for path in image_fixtures.photos(folder):
+        with Image.open(path) as image:
+            image.load()
+            images.append(image)
+    return images
+
+
+@pytest.fixture(scope="module")
+def ref():
+    return transformers.CLIPImageProcessor()
+
+
+@pytest.fixture(scope="module")
+def ref_fast():
+    return transformers.CLIPImageProcessorFast()
+
+
+def _ours(kwargs=None):
+    return CLIPImageProcessor(**(kwargs or {})), CLIPImageProcessorFast(**(kwargs or {}))
+
+
+def _max_diff(a, b) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return float(np.abs(a - b).max())
+
+
+def test_photos_match_reference(photos, ref, ref_fast):
+    slow, fast = _ours()
+    expected = ref(photos, return_tensors="np").pixel_values
+    assert _max_diff(slow(photos, return_tensors="np").pixel_values, expected) <= 1e-6
+    got_fast = fast(photos, return_tensors="pt").pixel_values
+    assert got_fast.dtype == torch.float32 and got_fast.shape == (len(photos), 3, 224, 224)
+    assert _max_diff(got_fast, expected) <= ONE_LEVEL
+    theirs = ref_fast(photos, return_tensors="pt").pixel_values
+    # transformers' fast class resizes with torch's own uint8 kernel: a few levels off PIL in rare pixels
+    assert _max_diff(got_fast, theirs) <= 0.07
+    assert float((got_fast - theirs).abs().mean()) < 1e-3
+
+
+def test_odd_modes_match_reference(ref):
+    slow, fast = _ours()
+    for mode, image in image_fixtures.odd_modes().items():
+        expected = ref(image, return_tensors="np").pixel_values
+        assert _max_diff(slow(image, return_tensors="np").pixel_values, expected) <= 1e-6, mode
+        assert _max_diff(fast(image, return_tensors="np").pixel_values, expected) <= ONE_LEVEL, mode
+
+
+NON_DEFAULT = [
+    {"size": {"shortest_edge": 256}, "crop_size": {"height": 200, "width": 240}},
+    {"size": {"height": 180, "width": 300}, "do_center_crop": False},
+    {"size": 336, "crop_size": 336},
+    {"do_center_crop": False},
+    {"do_normalize": False},
+    {"do_rescale": False, "do_normalize": False},
+    {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.25, 0.5, 0.125]},
+    {"image_mean": 0.4, "image_std": 0.3, "rescale_factor": 1 / 127.5},
+    {"resample": 2}, {"resample": 1}, {"resample": 0}, {"resample": 4}, {"resample": 5},
+    {"crop_size": {"height": 400, "width": 500}},  # larger than the resized image: zero padding
+    {"do_resize": False, "crop_size": 100},
+    {"call": {"data_format": "channels_last"}},
+]
+
+
+@pytest.mark.parametrize("kwargs", NON_DEFAULT, ids=lambda k: ",".join(k))
+def test_non_default_parameters(photos, kwargs):
+    images = photos[::5]
+    kwargs = dict(kwargs)
+    call = kwargs.pop("call", {})
+    reference = transformers.CLIPImageProcessor(**kwargs)
+    slow, fast = _ours(kwargs)
+    tensors = "pt" if kwargs.get("do_center_crop", True) else None
+    expected = reference(images, return_tensors=tensors, **call).pixel_values
+    got_slow = slow(images, return_tensors=tensors, **call).pixel_values
+    got_fast = fast(images, return_tensors=tensors, **call).pixel_values
+    pairs = zip(expected, got_slow, got_fast) if tensors is None else [(expected, got_slow, got_fast)]
+    for e, s, f in pairs:
+        assert _max_diff(s, e) <= 1e-6
+        assert np.asarray(s).dtype == np.asarray(e).dtype
+        assert _max_diff(f, e) <= ONE_LEVEL
+
+
+def test_call_time_overrides_match_reference(photos, ref):
+    images = photos[:3]
+    slow, fast = _ours()
+    kwargs = {"size": {"shortest_edge": 100}, "crop_size": 64, "resample": 2, "do_normalize": False}
+    expected = ref(images, return_tensors="np", **kwargs).pixel_values
+    assert _max_diff(slow(images, return_tensors="np", **kwargs).pixel_values, expected) <= 1e-6
+    assert _max_diff(fast(images, return_tensors="np", **kwargs).pixel_values, expected) <= ONE_LEVEL
+
+
+def test_array_and_tensor_inputs(photos, ref):
+    rgb = np.asarray(photos[0].convert("RGB"))  # (H, W, 3) uint8
+    inputs = {
+        "hwc_uint8": rgb, "chw_uint8": rgb.transpose(2, 0, 1).copy(),
+        "hwc_float01": rgb.astype(np.float32) / 255, "chw_float_int_valued": rgb.transpose(2, 0, 1).astype(np.float64),
+        "torch_chw_uint8": torch.from_numpy(rgb.transpose(2, 0, 1).copy()),
+        "torch_hwc_float": torch.from_numpy(rgb.astype(np.float32) / 255),
+        "batch4d": np.stack([rgb, rgb[::-1].copy()]), "list": [rgb, photos[1]], "nested": [[rgb], [photos[1]]],
+    }
+    slow, fast = _ours()
+    for name, value in inputs.items():
+        kwargs = {"do_rescale": False} if "float01" in name or "hwc_float" in name else {}
+        expected = ref(value, return_tensors="np", **kwargs).pixel_values
+        assert _max_diff(slow(value, return_tensors="np", **kwargs).pixel_values, expected) <= 1e-6, name
+        assert _max_diff(fast(value, return_tensors="np", **kwargs).pixel_values, expected) <= ONE_LEVEL, name
+
+
+def test_float_input_without_resize_matches(photos, ref):
+    image = np.asarray(photos[2].convert("RGB")).astype(np.float32) / 255
+    kwargs = {"do_resize": False, "do_rescale": False, "crop_size": 64}
+    expected = ref(image, return_tensors="np", **kwargs).pixel_values
+    slow, fast = _ours()
+    assert _max_diff(slow(image, return_tensors="np", **kwargs).pixel_values, expected) <= 1e-6
+    assert _max_diff(fast(image, return_tensors="np", **kwargs).pixel_values, expected) <= 1e-6
+
+
+def test_return_tensors_variants(photos):
+    for processor in _ours():
+        listed = processor(photos[:2]).pixel_values
+        assert isinstance(listed, list) and len(listed) == 2
+        as_np = processor(photos[:2], return_tensors="np").pixel_values
+        assert isinstance(as_np, np.ndarray) and as_np.shape == (2, 3, 224, 224) and as_np.dtype == np.float32
+        as_pt = processor(photos[0], return_tensors="pt")["pixel_values"]
+        assert isinstance(as_pt, torch.Tensor) and as_pt.shape == (1, 3, 224, 224)
+        with pytest.raises(InputError, match="different shapes"):
+            processor([photos[0], photos[2]], do_center_crop=False, return_tensors="pt")
+
+
+def test_in_place_size_edits_are_honoured(photos):
+    for processor in _ours():
+        processor.size["shortest_edge"] = 64
+        processor.crop_size["height"] = processor.crop_size["width"] = 48
+        assert processor(photos[0], return_tensors="pt").pixel_values.shape == (1, 3, 48, 48)
+
+
+def test_batch_feature_behaviour(photos):
+    batch = CLIPImageProcessor()(photos[0], return_tensors="pt")
+    assert isinstance(batch, BatchFeature) and batch.to("cpu") is batch
+    assert batch.to(torch.float16).pixel_values.dtype == torch.float16
+    assert "pixel_values" in batch and batch.get("missing") is None and batch.data["pixel_values"] is batch.pixel_values
+    batch["extra"] = 1
+    assert batch.extra == 1 and set(batch.keys()) == {"pixel_values", "extra"}
+    with pytest.raises(AttributeError):
+        batch.nothing
+
+
+def test_config_round_trip_and_reference_json(tmp_path, ref):
+    for cls in (CLIPImageProcessor, CLIPImageProcessorFast):
+        processor = cls(size=300, crop_size=(256, 288), image_mean=[0.1, 0.2, 0.3])
+        processor.save_pretrained(tmp_path / cls.__name__)
+        loaded = cls.from_pretrained(tmp_path / cls.__name__)
+        assert loaded.to_dict() == processor.to_dict()
+        assert json.loads(loaded.to_json_string())["image_processor_type"] == cls.__name__
+    ours = json.loads(CLIPImageProcessor().to_json_string())
+    assert ours == json.loads(ref.to_json_string())
+    # a folder written by transformers loads, and ours loads in transformers
+    ref.save_pretrained(tmp_path / "theirs")
+    assert CLIPImageProcessor.from_pretrained(tmp_path / "theirs").to_dict() == CLIPImageProcessor().to_dict()
+    CLIPImageProcessor(size=123).save_pretrained(tmp_path / "ours")
+    assert transformers.CLIPImageProcessor.from_pretrained(tmp_path / "ours").size == {"shortest_edge": 123}
+
+
+def test_2021_hub_config(tmp_path):
+    config = {"crop_size": 224, "do_center_crop": True, "do_normalize": True, "do_resize": True,
+              "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": [0.48145466, 0.4578275, 0.40821073],
+              "image_std": [0.26862954, 0.26130258, 0.27577711], "resample": 3, "size": 224}
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "preprocessor_config.json").write_text(json.dumps(config))
+    for cls in (CLIPImageProcessor, CLIPImageProcessorFast):
+        processor = cls.from_pretrained(tmp_path, subfolder="sub", local_files_only=True)
+        reference = transformers.CLIPImageProcessor.from_pretrained(tmp_path, subfolder="sub")
+        assert processor.size == reference.size == {"shortest_edge": 224}
+        assert processor.crop_size == reference.crop_size == {"height": 224, "width": 224}
+        assert processor.do_rescale is True and processor.do_convert_rgb is True
+        assert "feature_extractor_type" not in processor.to_dict()
+
+
+def test_from_dict_with_kwargs_as_reference():
+    config = CLIPImageProcessor(size=20, crop_size=18).to_dict()
+    for cls, reference in ((CLIPImageProcessor, transformers.CLIPImageProcessor),):
+        ours, theirs = cls.from_dict(config), reference.from_dict(config)
+        assert ours.size == theirs.size == {"shortest_edge": 20}
+        assert ours.crop_size == theirs.crop_size == {"height": 18, "width": 18}
+        ours, theirs = cls.from_dict(config, size=42, crop_size=84), reference.from_dict(config, size=42, crop_size=84)
+        assert ours.size == theirs.size == {"shortest_edge": 42}
+        assert ours.crop_size == theirs.crop_size == {"height": 84, "width": 84}
+        ours, unused = cls.from_dict(config, do_normalize=False, unknown=1, return_unused_kwargs=True)
+        assert ours.do_normalize is False and unused == {"unknown": 1}
+
+
+def test_feature_extractor_alias_warns():
+    with pytest.warns(FutureWarning):
+        extractor = CLIPFeatureExtractor()
+    assert isinstance(extractor, CLIPImageProcessor)
+
+
+def test_bad_inputs_get_clear_errors(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    cases = [
+        ({"a": 1}, "Invalid image type dict"),
+        (str(text), "load_image"),
+        (Image.new("RGB", (0, 0)), "empty image"),
+        (np.zeros((0, 0, 3), np.uint8), "empty image"),
+        (np.zeros((10, 12, 2), np.uint8), "channel"),
+        (np.zeros((1, 2, 10, 12, 3), np.uint8), "3 dimensions"),
+        (np.zeros((10, 12), np.uint8), "3 dimensions"),
+        (np.full((10, 12, 3), 300.0), "values"),
+        ([], "empty list"),
+    ]
+    for processor in _ours():
+        for value, message in cases:
+            with pytest.raises(InputError, match=message):
+                processor(value, return_tensors="pt")
+        with pytest.raises(InputError, match="image_mean"):
+            processor(np.zeros((10, 12, 3), np.uint8), image_mean=[0.5, 0.5])
+        with pytest.raises(ValueError, match="return_tensors"):
+            processor(np.zeros((10, 12, 3), np.uint8), return_tensors="tf")
+
+
+def test_truncated_jpeg_is_a_clear_error(tmp_path):
+    from clipfast.errors import ImageLoadError
+    from clipfast.image_io import load_image
+
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(image_fixtures.jpeg_bytes(image_fixtures.sample("coffee"))[:3000])
+    with pytest.raises(ImageLoadError, match="cut.jpg"):
+        load_image(path)
+
+
+def test_processors_run_without_torchvision():
+    src = Path(__import__("clipfast").__file__).parents[1]
+    code = (
+        "import sys; sys.modules['torchvision'] = None\n"
+        "import numpy as np, clipfast.image_processing as ip\n"
+        "assert 'torchvision' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
+        "x = np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)\n"
+        "a = ip.CLIPImageProcessor()(x, return_tensors='pt').pixel_values\n"
+        "b = ip.CLIPImageProcessorFast()(x, return_tensors='pt').pixel_values\n"
+        "assert a.shape == b.shape == (1, 3, 224, 224) and (a - b).abs().max() < 0.02\n"
+        "assert sys.modules.get('torchvision') is None\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fast_on_cuda_matches(photos, ref):
+    expected = ref(photos, return_tensors="np").pixel_values
+    got = CLIPImageProcessorFast()(photos, return_tensors="pt", device="cuda").pixel_values
+    assert got.device.type == "cuda"
+    assert _max_diff(got.cpu(), expected) <= ONE_LEVEL
