@@ -1,0 +1,213 @@
+"""``pipeline("zero-shot-image-classification")``: label images with free-text candidate labels.
+
+Same call, outputs and ordering as transformers' pipeline. Beyond it: the labels' text embeddings are computed
+once per call (not once per image), images are decoded on a thread pool, and ``top_k`` is accepted.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any, Iterable
+
+import torch
+
+from clipfast.errors import InputError
+
+TASK = "zero-shot-image-classification"
+DEFAULT_MODEL = "openai/clip-vit-base-patch32"
+DEFAULT_TEMPLATE = "This is a photo of {}."
+
+
+def resolve_device(device: Any) -> torch.device:
+    """int / "cpu" / "cuda:0" / torch.device -> torch.device.
+
+    A CUDA device asked for on a machine without CUDA falls back to the CPU with a warning, as transformers
+    4.57 quietly does; a CUDA index that does not exist is an error.
+    """
+    if device is None:
+        return torch.device("cpu")
+    if isinstance(device, int):
+        device = torch.device("cpu") if device < 0 else torch.device("cuda", device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InputError(f"device={device!r} is not a device; use an int (GPU index), 'cpu', 'cuda' or "
+                         "'cuda:0'.") from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            warnings.warn(f"device={str(device)!r} was asked for, but CUDA is not available: running on the CPU. "
+                          "Pass device='cpu' to silence this warning.", stacklevel=3)
+            return torch.device("cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InputError(f"device={str(device)!r} does not exist: this machine has "
+                             f"{torch.cuda.device_count()} CUDA device(s).")
+    return device
+
+
+def _as_labels(candidate_labels: Any) -> list[str]:
+    """Validate labels. A bare string is split on commas (as transformers' text zero-shot pipeline does)."""
+    if candidate_labels is None:
+        raise InputError("candidate_labels is required, e.g. candidate_labels=['cat', 'dog'].")
+    if isinstance(candidate_labels, str):
+        candidate_labels = [label.strip() for label in candidate_labels.split(",") if label.strip()]
+    labels = list(candidate_labels)
+    if not labels:
+        raise InputError("candidate_labels is empty: give at least one label, e.g. ['cat', 'dog'].")
+    bad = [label for label in labels if not isinstance(label, str)]
+    if bad:
+        raise InputError(f"candidate_labels must be strings; got {bad[:3]!r}.")
+    return labels
+
+
+class ZeroShotImageClassificationPipeline:
+    """Scores each image against every candidate label: ``[{"score": float, "label": str}, ...]``, best first.
+
+    Example:
+        >>> clip = pipeline("zero-shot-image-classification", model="openai/clip-vit-base-patch32")  # doctest: +SKIP
+        >>> clip("cat.jpg", candidate_labels=["a cat", "a dog"])  # doctest: +SKIP
+        [{'score': 0.99, 'label': 'a cat'}, {'score': 0.01, 'label': 'a dog'}]
+    """
+
+    task = TASK
+
+    def __init__(self, model: Any, tokenizer: Any, image_processor: Any, device: Any = None, batch_size: int = 1,
+                 num_workers: int | None = None) -> None:
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    dtype = torch_dtype
+
+    def __call__(self, image: Any = None, candidate_labels: Any = None, *, images: Any = None,
+                 hypothesis_template: str = DEFAULT_TEMPLATE, top_k: int | None = None,
+                 batch_size: int | None = None, timeout: float | None = None, **kwargs: Any) -> Any:
+        """Classify one image (-> list of dicts) or a list of images (-> list of lists)."""
+        image = images if image is None else image
+        if image is None:
+            raise InputError("Give an image: a path, an http(s) URL, base64 / data URI, a PIL image, or a list.")
+        kwargs.pop("tokenizer_kwargs", None)
+        if kwargs:
+            raise TypeError(f"Unexpected arguments {sorted(kwargs)}; the pipeline takes candidate_labels, "
+                            "hypothesis_template, top_k, batch_size and timeout.")
+        labels = _as_labels(candidate_labels)
+        single = not isinstance(image, (list, tuple))
+        results = self.classify([image] if single else list(image), labels, hypothesis_template, top_k,
+                                batch_size or self.batch_size, timeout)
+        return results[0] if single else results
+
+    @torch.inference_mode()
+    def classify(self, images: Iterable[Any], labels: list[str], hypothesis_template: str = DEFAULT_TEMPLATE,
+                 top_k: int | None = None, batch_size: int = 1, timeout: float | None = None) -> list[list[dict]]:
+        """Score every image against every label; the label embeddings are computed once."""
+        from clipfast.image_io import DEFAULT_TIMEOUT, load_images
+
+        text_embeds = self.text_embeddings([hypothesis_template.format(label) for label in labels])
+        scale = self.model.logit_scale.exp()
+        loaded = load_images(images, num_workers=self.num_workers,
+                             timeout=DEFAULT_TIMEOUT if timeout is None else timeout)
+        results = []
+        for start in range(0, len(loaded), max(1, batch_size)):
+            image_embeds = self.image_embeddings(loaded[start:start + batch_size])
+            # the reference's order of operations: (text @ imageᵀ) * scale, then transposed
+            logits = (text_embeds @ image_embeds.t() * scale).t()  # (images, labels)
+            for row in logits.float().softmax(dim=-1).tolist():
+                results.append(_ranked(row, labels, top_k))
+        return results
+
+    @torch.inference_mode()
+    def text_embeddings(self, texts: list[str]) -> torch.Tensor:
+        """L2-normalised text embeddings (len(texts), E) in the model's dtype."""
+        tokens = self.tokenizer(texts, padding=True, return_tensors="pt").to(self.device)
+        embeds = self.model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
+        return embeds / embeds.norm(p=2, dim=-1, keepdim=True)
+
+    @torch.inference_mode()
+    def image_embeddings(self, images: list[Any]) -> torch.Tensor:
+        """L2-normalised image embeddings (len(images), E) for loaded PIL images."""
+        pixels = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
+        embeds = self.model.get_image_features(pixel_values=pixels.to(self.device, self.model.dtype))
+        return embeds / embeds.norm(p=2, dim=-1, keepdim=True)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+        """Write model, tokenizer and image processor into one folder that ``pipeline(model=folder)`` loads."""
+        self.model.save_pretrained(save_directory, **kwargs)
+        self.tokenizer.save_pretrained(save_directory)
+        self.image_processor.save_pretrained(save_directory)
+
+
+def _ranked(scores: list[float], labels: list[str], top_k: int | None) -> list[dict[str, Any]]:
+    """Labels by descending score; ties keep the candidate order (a stable sort, as the reference)."""
+    order = sorted(range(len(labels)), key=lambda i: -scores[i])
+    ranked = [{"score": scores[i], "label": labels[i]} for i in order]
+    return ranked[:top_k] if top_k is not None else ranked
+
+
+def pipeline(task: str | None = None, model: Any = None, config: Any = None, tokenizer: Any = None,
+             feature_extractor: Any = None, image_processor: Any = None, processor: Any = None,
+             revision: str | None = None, use_fast: bool = True, token: str | bool | None = None, device: Any = None,
+             device_map: Any = None, torch_dtype: Any = None, dtype: Any = None, model_kwargs: dict | None = None,
+             batch_size: int = 1, **kwargs: Any) -> ZeroShotImageClassificationPipeline:
+    """Build a zero-shot image classification pipeline (the only task clipfast provides).
+
+    ``model`` is a hub id, a folder, a checkpoint file (OpenAI / open_clip), or a loaded CLIPModel (then give the
+    tokenizer and image processor too). ``device`` may be an int, "cpu", "cuda:0" or a torch.device.
+
+    Example:
+        >>> clip = pipeline(task="zero-shot-image-classification", model="openai/clip-vit-base-patch32")  # doctest: +SKIP
+    """
+    if task not in (None, TASK):
+        raise InputError(f"Unknown task {task!r}: clipfast provides {TASK!r}.")
+    model = DEFAULT_MODEL if model is None else model
+    if device is None and device_map is not None:
+        device = device_map
+    hub = dict(revision=revision, token=token, **{k: kwargs.pop(k) for k in ("cache_dir", "local_files_only",
+                                                                               "subfolder") if k in kwargs})
+    for ignored in ("trust_remote_code", "framework", "pipeline_class"):
+        kwargs.pop(ignored, None)
+    num_workers = kwargs.pop("num_workers", None)
+    if kwargs:
+        raise TypeError(f"pipeline() got unexpected arguments {sorted(kwargs)}.")
+    if isinstance(model, (str, os.PathLike)):
+        source = model
+        from clipfast.auto import AutoModelForZeroShotImageClassification
+
+        model = AutoModelForZeroShotImageClassification.from_pretrained(
+            source, torch_dtype=dtype if dtype is not None else torch_dtype, **hub, **(model_kwargs or {}))
+        tokenizer, image_processor = _components(source, model, tokenizer, image_processor or feature_extractor,
+                                                 processor, hub, use_fast)
+    elif dtype is not None or torch_dtype is not None:
+        from clipfast.loading import resolve_dtype
+
+        model = model.to(resolve_dtype(dtype if dtype is not None else torch_dtype, model.config, None))
+    image_processor = image_processor or feature_extractor or getattr(processor, "image_processor", None)
+    tokenizer = tokenizer or getattr(processor, "tokenizer", None)
+    if tokenizer is None or image_processor is None:
+        raise InputError("With a model object, also pass tokenizer= and image_processor= (or processor=).")
+    return ZeroShotImageClassificationPipeline(model, tokenizer, image_processor, device=device,
+                                               batch_size=batch_size, num_workers=num_workers)
+
+
+def _components(source: Any, model: Any, tokenizer: Any, image_processor: Any, processor: Any,
+                hub: dict[str, Any], use_fast: bool) -> tuple[Any, Any]:
+    """Tokenizer and image processor: given ones win, else those saved beside the model."""
+    if processor is not None:
+        return tokenizer or processor.tokenizer, image_processor or processor.image_processor
+    loaded = getattr(model, "clipfast_components", None)  # set by clipfast.convert for OpenAI / open_clip files
+    if loaded is not None:
+        return tokenizer or loaded[0], image_processor or loaded[1]
+    from clipfast.auto import AutoImageProcessor, AutoTokenizer
+
+    hub = {k: v for k, v in hub.items() if v is not None}
+    if isinstance(tokenizer, (str, os.PathLike)) or tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer or source, use_fast=use_fast, **hub)
+    if isinstance(image_processor, (str, os.PathLike)) or image_processor is None:
+        image_processor = AutoImageProcessor.from_pretrained(image_processor or source, **hub)
+    return tokenizer, image_processor

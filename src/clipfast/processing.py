@@ -1,0 +1,161 @@
+"""``CLIPProcessor``: one object that tokenizes text and preprocesses images for a CLIP model.
+
+Each keyword argument goes to the component that understands it (``padding`` to the tokenizer, ``size`` to the
+image processor, ``return_tensors`` to both). Folders written by transformers 4.x (preprocessor_config.json +
+tokenizer files) and 5.x (processor_config.json + tokenizer files) both load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from typing import Any
+
+from clipfast.errors import CheckpointError, InputError
+from clipfast.hub import read_json, resolve_file
+
+PROCESSOR_CONFIG = "processor_config.json"
+IMAGE_PROCESSOR_CONFIG = "preprocessor_config.json"
+
+TEXT_KWARGS = frozenset({
+    "text_pair", "add_special_tokens", "padding", "truncation", "max_length", "stride", "is_split_into_words",
+    "pad_to_multiple_of", "padding_side", "return_token_type_ids", "return_attention_mask",
+    "return_overflowing_tokens", "return_special_tokens_mask", "return_offsets_mapping", "return_length",
+    "verbose"})
+IMAGE_KWARGS = frozenset({
+    "do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale", "rescale_factor", "do_normalize",
+    "image_mean", "image_std", "do_convert_rgb", "data_format", "input_data_format", "device"})
+HUB_KWARGS = ("subfolder", "revision", "cache_dir", "local_files_only", "token")
+
+
+class CLIPProcessor:
+    """Tokenizer + image processor behind one call.
+
+    Example:
+        >>> processor = CLIPProcessor.from_pretrained("openai/clip-vit-base-patch32")  # doctest: +SKIP
+        >>> inputs = processor(text=["a cat"], images=image, return_tensors="pt", padding=True)  # doctest: +SKIP
+    """
+
+    attributes = ["image_processor", "tokenizer"]
+    image_processor_class = ("CLIPImageProcessor", "CLIPImageProcessorFast")
+    tokenizer_class = ("CLIPTokenizer", "CLIPTokenizerFast")
+
+    def __init__(self, image_processor: Any = None, tokenizer: Any = None, **kwargs: Any) -> None:
+        feature_extractor = kwargs.pop("feature_extractor", None)
+        if feature_extractor is not None:
+            warnings.warn("The `feature_extractor` argument is deprecated; use `image_processor`.", FutureWarning,
+                          stacklevel=2)
+            image_processor = image_processor or feature_extractor
+        if kwargs:
+            raise TypeError(f"CLIPProcessor got unexpected arguments {sorted(kwargs)}.")
+        if image_processor is None:
+            raise ValueError("CLIPProcessor needs an image_processor (e.g. CLIPImageProcessor()).")
+        if tokenizer is None:
+            raise ValueError("CLIPProcessor needs a tokenizer (e.g. CLIPTokenizerFast.from_pretrained(...)).")
+        self.image_processor = image_processor
+        self.tokenizer = tokenizer
+
+    @property
+    def feature_extractor(self) -> Any:
+        """Deprecated alias of ``image_processor``."""
+        return self.image_processor
+
+    @property
+    def model_input_names(self) -> list[str]:
+        """Tokenizer inputs then image inputs, without duplicates (transformers 4.x order)."""
+        names = list(self.tokenizer.model_input_names) + list(self.image_processor.model_input_names)
+        return list(dict.fromkeys(names))
+
+    def __call__(self, text: Any = None, images: Any = None, return_tensors: str | None = None,
+                 **kwargs: Any) -> Any:
+        """Tokenize ``text`` and/or preprocess ``images``; returns one BatchEncoding with all model inputs."""
+        if text is None and images is None:
+            raise InputError("You have to specify either text or images (or both) when calling CLIPProcessor.")
+        text_kwargs, image_kwargs = self._route(kwargs)
+        encoding = None
+        if text is not None:
+            encoding = self.tokenizer(text, return_tensors=return_tensors, **text_kwargs)
+        if images is not None:
+            features = self.image_processor(images, return_tensors=return_tensors, **image_kwargs)
+            if encoding is None:
+                from clipfast.tokenization import BatchEncoding
+
+                return BatchEncoding(dict(features))
+            encoding["pixel_values"] = features["pixel_values"]
+        return encoding
+
+    @staticmethod
+    def _route(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Split call kwargs into tokenizer and image-processor kwargs; unknown names are an error."""
+        text_kwargs = dict(kwargs.pop("text_kwargs", None) or {})
+        image_kwargs = dict(kwargs.pop("images_kwargs", None) or {})
+        common = dict(kwargs.pop("common_kwargs", None) or {})
+        for key, value in {**common, **kwargs}.items():
+            if key in TEXT_KWARGS:
+                text_kwargs[key] = value
+            elif key in IMAGE_KWARGS:
+                image_kwargs[key] = value
+            else:
+                raise TypeError(f"CLIPProcessor got an unknown argument {key!r}: it is neither a tokenizer option "
+                                f"({sorted(TEXT_KWARGS)}) nor an image option ({sorted(IMAGE_KWARGS)}).")
+        return text_kwargs, image_kwargs
+
+    def decode(self, *args: Any, **kwargs: Any) -> str:
+        """The tokenizer's ``decode``."""
+        return self.tokenizer.decode(*args, **kwargs)
+
+    def batch_decode(self, *args: Any, **kwargs: Any) -> list[str]:
+        """The tokenizer's ``batch_decode``."""
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+    # -- files --------------------------------------------------------------------------------------------------
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> list[str]:
+        """Write preprocessor_config.json and the tokenizer files (the layout transformers 4.x and 5.x both read)."""
+        os.makedirs(save_directory, exist_ok=True)
+        self.image_processor.save_pretrained(save_directory)
+        path = os.path.join(save_directory, IMAGE_PROCESSOR_CONFIG)
+        data = read_json(path)
+        data["processor_class"] = type(self).__name__
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+        files = self.tokenizer.save_pretrained(save_directory)
+        return [path, *(files or [])]
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, use_fast: bool = True,
+                        **kwargs: Any) -> CLIPProcessor:
+        """Load both components from a folder or hub id; other kwargs go to the component that takes them.
+
+        Example:
+            >>> CLIPProcessor.from_pretrained("openai/clip-vit-base-patch32", do_normalize=False)  # doctest: +SKIP
+        """
+        from clipfast.auto import load_image_processor, load_tokenizer
+
+        hub = {k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs}
+        for ignored in ("trust_remote_code", "force_download", "use_auth_token"):
+            kwargs.pop(ignored, None)
+        image_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in IMAGE_KWARGS or k == "padding_value"}
+        image_processor = load_image_processor(pretrained_model_name_or_path, hub, image_kwargs,
+                                               use_fast=kwargs.pop("use_fast_image_processor", None))
+        tokenizer = load_tokenizer(pretrained_model_name_or_path, hub, kwargs, use_fast=use_fast)
+        return cls(image_processor=image_processor, tokenizer=tokenizer)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}:\n- image_processor: {self.image_processor!r}\n"
+                f"- tokenizer: {self.tokenizer!r}")
+
+
+def read_image_processor_dict(name: str | os.PathLike, hub: dict[str, Any]) -> dict[str, Any]:
+    """The image-processor settings of a folder: preprocessor_config.json (4.x) or processor_config.json (5.x)."""
+    path = resolve_file(name, IMAGE_PROCESSOR_CONFIG, required=False, **hub)
+    if path is not None:
+        return read_json(path)
+    path = resolve_file(name, PROCESSOR_CONFIG, required=False, **hub)
+    if path is not None:
+        data = read_json(path)
+        if isinstance(data.get("image_processor"), dict):
+            return data["image_processor"]
+    raise CheckpointError(f"{os.fspath(name)!r} has no image preprocessing settings: expected "
+                          f"{IMAGE_PROCESSOR_CONFIG!r} (or {PROCESSOR_CONFIG!r} with an 'image_processor' entry).")

@@ -1,0 +1,269 @@
+"""The two snippets users run, with only the import changed, against transformers 4.57 on the same checkpoint.
+
+The hub id becomes a folder in the Hub repo's layout (a full-size ViT-B/32 with random weights written by
+transformers, plus tokenizer and preprocessor files); the COCO URL becomes a loopback server serving a real photo.
+"""
+
+from __future__ import annotations
+
+import http.server
+import io
+import json
+import socket
+import threading
+import time
+import warnings
+
+import pytest
+import torch
+import transformers
+from PIL import Image
+
+import clipfast
+from clipfast.errors import ImageLoadError, InputError
+
+LABELS = ["a photo of a cat", "a photo of a dog", "a photo of a car"]
+DEVICE = 0 if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture(scope="module")
+def hub_folder(tmp_path_factory):
+    from tokenizer_fixtures import hub_dir
+
+    folder = tmp_path_factory.mktemp("clip-vit-base-patch32")
+    torch.manual_seed(0)
+    transformers.CLIPModel(transformers.CLIPConfig()).save_pretrained(folder)
+    processor = transformers.CLIPProcessor(image_processor=transformers.CLIPImageProcessor(),
+                                           tokenizer=transformers.CLIPTokenizerFast.from_pretrained(hub_dir()))
+    processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def photo_bytes():
+    from skimage import data
+
+    buffer = io.BytesIO()
+    Image.fromarray(data.chelsea()).save(buffer, format="JPEG", quality=92)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def server(photo_bytes):
+    """Loopback HTTP: /cat.jpg (a real photo), /missing (404), /text (not an image), /slow (never answers)."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            if self.path == "/slow":
+                time.sleep(5)
+                return
+            body, kind, status = {"/cat.jpg": (photo_bytes, "image/jpeg", 200),
+                                  "/text": (b"<html>hello</html>", "text/html", 200)}.get(
+                self.path, (b"not found", "text/plain", 404))
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def _snippet_one(module, model, url, dtype):
+    clip = module.pipeline(task="zero-shot-image-classification", model=model, torch_dtype=dtype,
+                           device=DEVICE if module is clipfast else ("cuda:0" if DEVICE == 0 else "cpu"))
+    return clip(url, candidate_labels=LABELS)
+
+
+def test_snippet_one_pipeline_fp32(hub_folder, server):
+    ours = _snippet_one(clipfast, str(hub_folder), f"{server}/cat.jpg", torch.float32)
+    ref = _snippet_one(transformers, str(hub_folder), f"{server}/cat.jpg", torch.float32)
+    assert [r["label"] for r in ours] == [r["label"] for r in ref]
+    for a, b in zip(ours, ref):
+        assert abs(a["score"] - b["score"]) < 1e-4
+    assert abs(sum(r["score"] for r in ours) - 1) < 1e-5
+
+
+def test_snippet_one_pipeline_bf16(hub_folder, server):
+    ours = _snippet_one(clipfast, str(hub_folder), f"{server}/cat.jpg", torch.bfloat16)
+    ref = _snippet_one(transformers, str(hub_folder), f"{server}/cat.jpg", torch.bfloat16)
+    assert [r["label"] for r in ours] == [r["label"] for r in ref]
+    for a, b in zip(ours, ref):
+        assert abs(a["score"] - b["score"]) < 2e-2
+
+
+def _snippet_two(module, model_id, url, dtype):
+    import requests
+
+    model = module.AutoModel.from_pretrained(model_id, torch_dtype=dtype, attn_implementation="sdpa")
+    processor = module.AutoProcessor.from_pretrained(model_id)
+    image = Image.open(requests.get(url, stream=True).raw)
+    inputs = processor(text=LABELS, images=image, return_tensors="pt", padding=True)
+    outputs = model(**inputs)
+    probs = outputs.logits_per_image.softmax(dim=1)
+    idx = probs.argmax(dim=1).item()
+    return LABELS[idx], probs.float()
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)])
+def test_snippet_two_auto_classes(hub_folder, server, dtype, tol):
+    label, probs = _snippet_two(clipfast, str(hub_folder), f"{server}/cat.jpg", dtype)
+    ref_label, ref_probs = _snippet_two(transformers, str(hub_folder), f"{server}/cat.jpg", dtype)
+    assert label == ref_label
+    assert torch.allclose(probs, ref_probs, atol=tol)
+
+
+def test_batched_equals_one_at_a_time(hub_folder, server, photo_bytes, tmp_path):
+    path = tmp_path / "cat.png"
+    Image.open(io.BytesIO(photo_bytes)).rotate(90, expand=True).save(path)
+    clip = clipfast.pipeline("zero-shot-image-classification", model=str(hub_folder), device="cpu")
+    images = [f"{server}/cat.jpg", str(path), Image.open(path), photo_bytes]
+    batched = clip(images, candidate_labels=["cat", "dog", "car", "tree"], batch_size=3)
+    single = [clip(image, candidate_labels=["cat", "dog", "car", "tree"]) for image in images]
+    assert len(batched) == 4
+    for a, b in zip(batched, single):
+        assert [r["label"] for r in a] == [r["label"] for r in b]
+        assert all(abs(x["score"] - y["score"]) < 1e-5 for x, y in zip(a, b))
+    assert len(clip(str(path), candidate_labels=["cat", "dog", "car"], top_k=2)) == 2
+
+
+def test_pipeline_bad_inputs(hub_folder, server):
+    clip = clipfast.pipeline("zero-shot-image-classification", model=str(hub_folder), device="cpu")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    with pytest.raises(ImageLoadError):
+        clip(f"http://127.0.0.1:{closed_port}/x.jpg", candidate_labels=["a"])
+    start = time.time()
+    with pytest.raises(ImageLoadError):
+        clip(f"{server}/slow", candidate_labels=["a"], timeout=0.5)
+    assert time.time() - start < 4
+    with pytest.raises(ImageLoadError, match="404"):
+        clip(f"{server}/missing", candidate_labels=["a"])
+    with pytest.raises(ImageLoadError):
+        clip(f"{server}/text", candidate_labels=["a"])
+    with pytest.raises(InputError, match="empty"):
+        clip(f"{server}/cat.jpg", candidate_labels=[])
+    with pytest.raises(InputError, match="required"):
+        clip(f"{server}/cat.jpg")
+
+
+def test_bare_string_labels_are_split_on_commas(hub_folder, server):
+    """Documented choice: "cat, dog" means two labels (as transformers' text zero-shot pipeline), never letters."""
+    clip = clipfast.pipeline("zero-shot-image-classification", model=str(hub_folder), device="cpu")
+    out = clip(f"{server}/cat.jpg", candidate_labels="cat, dog")
+    assert sorted(r["label"] for r in out) == ["cat", "dog"]
+    assert [r["label"] for r in clip(f"{server}/cat.jpg", candidate_labels="cat")] == ["cat"]
+
+
+def test_cuda_device_without_cuda_warns_and_runs_on_cpu(hub_folder, server):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    with pytest.warns(UserWarning, match="CUDA is not available"):
+        clip = clipfast.pipeline("zero-shot-image-classification", model=str(hub_folder), device=0)
+    assert clip.device.type == "cpu"
+    with pytest.raises(InputError, match="not a device"):
+        clipfast.pipeline("zero-shot-image-classification", model=str(hub_folder), device="gpu-please")
+
+
+def test_pipeline_save_and_reload(hub_folder, server, tmp_path):
+    clip = clipfast.pipeline("zero-shot-image-classification", model=str(hub_folder), device="cpu")
+    clip.save_pretrained(tmp_path / "saved")
+    again = clipfast.pipeline("zero-shot-image-classification", model=str(tmp_path / "saved"), device="cpu")
+    a = clip(f"{server}/cat.jpg", candidate_labels=LABELS)
+    b = again(f"{server}/cat.jpg", candidate_labels=LABELS)
+    assert a == b
+
+
+def test_unknown_task_is_refused():
+    with pytest.raises(InputError, match="zero-shot-image-classification"):
+        clipfast.pipeline("text-generation", model="x")
+
+
+# -- CLIPProcessor ------------------------------------------------------------------------------------------------
+
+
+def test_processor_matches_reference_and_routes_kwargs(hub_folder, photo_bytes):
+    image = Image.open(io.BytesIO(photo_bytes))
+    ours = clipfast.CLIPProcessor.from_pretrained(hub_folder)
+    ref = transformers.CLIPProcessor.from_pretrained(hub_folder)
+    kwargs = dict(text=["a cat", "a much longer caption of a dog"], images=[image, image], return_tensors="pt",
+                  padding="max_length", max_length=12, truncation=True)
+    a, b = ours(**kwargs), ref(**kwargs)
+    assert set(a.keys()) == {"input_ids", "attention_mask", "pixel_values"}
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), atol=1e-6), key
+    sized = ours(images=image, size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64},
+                 return_tensors="pt")
+    assert sized["pixel_values"].shape == (1, 3, 64, 64)
+    assert ours.model_input_names == ["input_ids", "attention_mask", "pixel_values"]
+    assert ours.batch_decode(a["input_ids"], skip_special_tokens=True)[0] == "a cat"
+    with pytest.raises(ValueError, match="either text or images"):
+        ours()
+    with pytest.raises(TypeError, match="unknown argument 'colour'"):
+        ours(text="x", colour="red")
+
+
+def test_processor_from_pretrained_forwards_component_kwargs(hub_folder):
+    processor = clipfast.CLIPProcessor.from_pretrained(hub_folder, do_normalize=False, bos_token="(BOS)")
+    assert processor.image_processor.do_normalize is False
+    assert processor.tokenizer.bos_token == "(BOS)"
+
+
+def test_processor_save_load_both_layouts(hub_folder, tmp_path, photo_bytes):
+    image = Image.open(io.BytesIO(photo_bytes))
+    processor = clipfast.CLIPProcessor.from_pretrained(hub_folder)
+    processor.save_pretrained(tmp_path / "v4")
+    assert (tmp_path / "v4" / "preprocessor_config.json").exists()
+    ref = transformers.CLIPProcessor.from_pretrained(tmp_path / "v4")  # what we write, transformers reads
+    expected = processor(images=image, return_tensors="pt")["pixel_values"]
+    assert torch.allclose(ref(images=image, return_tensors="pt")["pixel_values"], expected, atol=1e-6)
+    # the transformers 5.x layout: processor_config.json holding the image processor, no preprocessor_config.json
+    v5 = tmp_path / "v5"
+    processor.tokenizer.save_pretrained(v5)
+    settings = json.loads((tmp_path / "v4" / "preprocessor_config.json").read_text())
+    (v5 / "processor_config.json").write_text(json.dumps({"image_processor": settings,
+                                                          "processor_class": "CLIPProcessor"}))
+    again = clipfast.AutoProcessor.from_pretrained(v5)
+    assert torch.equal(again(images=image, return_tensors="pt")["pixel_values"], expected)
+
+
+# -- Auto classes -------------------------------------------------------------------------------------------------
+
+
+def test_auto_classes_map_by_model_type(hub_folder, tmp_path):
+    from conftest import TINY_TEXT, tiny_config_dict
+
+    tiny = tmp_path / "tiny"
+    transformers.CLIPModel(transformers.CLIPConfig(**tiny_config_dict())).save_pretrained(tiny)
+    assert type(clipfast.AutoModel.from_pretrained(tiny)) is clipfast.CLIPModel
+    assert type(clipfast.AutoModelForZeroShotImageClassification.from_pretrained(tiny)) is clipfast.CLIPModel
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        classifier = clipfast.AutoModelForImageClassification.from_pretrained(tiny)
+    assert type(classifier) is clipfast.CLIPForImageClassification
+    text = tmp_path / "text"
+    transformers.CLIPTextModel(transformers.CLIPTextConfig(**TINY_TEXT)).save_pretrained(text)
+    assert type(clipfast.AutoModel.from_pretrained(text)) is clipfast.CLIPTextModel
+    assert type(clipfast.AutoConfig.from_pretrained(text)) is clipfast.CLIPTextConfig
+    config = clipfast.AutoConfig.from_pretrained(tiny)
+    assert type(clipfast.AutoModel.from_config(config)) is clipfast.CLIPModel
+    assert type(clipfast.AutoTokenizer.from_pretrained(hub_folder)) is clipfast.CLIPTokenizerFast
+    assert type(clipfast.AutoTokenizer.from_pretrained(hub_folder, use_fast=False)) is clipfast.CLIPTokenizer
+    assert type(clipfast.AutoImageProcessor.from_pretrained(hub_folder)) is clipfast.CLIPImageProcessor
+    assert type(clipfast.AutoImageProcessor.from_pretrained(hub_folder, use_fast=True)) is \
+        clipfast.CLIPImageProcessorFast
+
+
+def test_auto_unknown_model_type_names_it(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "siglip", "architectures": ["SiglipModel"]}))
+    for auto in (clipfast.AutoModel, clipfast.AutoConfig):
+        with pytest.raises(clipfast.errors.CheckpointError, match="'siglip'"):
+            auto.from_pretrained(tmp_path)
