@@ -99,6 +99,15 @@ def from_pretrained(cls: type, pretrained_model_name_or_path: str | os.PathLike,
     """
     if model_args:
         raise TypeError(f"{cls.__name__}.from_pretrained takes no extra positional arguments; got {model_args!r}.")
+    from clipfast import convert  # single files (OpenAI .pt, open_clip) and open_clip folders are converted in memory
+
+    if convert.is_foreign(pretrained_model_name_or_path, subfolder=subfolder, revision=revision, cache_dir=cache_dir,
+                          local_files_only=local_files_only, token=token):
+        return convert.from_pretrained(
+            cls, pretrained_model_name_or_path, config=config, subfolder=subfolder, revision=revision,
+            cache_dir=cache_dir, local_files_only=local_files_only, token=token, torch_dtype=torch_dtype, dtype=dtype,
+            attn_implementation=attn_implementation, device_map=device_map, output_loading_info=output_loading_info,
+            ignore_mismatched_sizes=ignore_mismatched_sizes, key_mapping=key_mapping, **kwargs)
     for name in _IGNORED_KWARGS:
         kwargs.pop(name, None)
     source = os.fspath(pretrained_model_name_or_path)
