@@ -804,15 +804,18 @@ def _resample(x: "torch.Tensor", axis: int, in_size: int, out_size: int, kind: i
         index = torch.as_tensor(_nearest_index(in_size, out_size)[start:stop] - offset, device=x.device)
         return x.index_select(axis, index)
     block = 32 if x.device.type == "cpu" else stop - start  # banded blocks on CPU, one product on GPUs
-    parts = []
-    for o0, o1, i0, i1, dense in _band_blocks_on(in_size, out_size, kind, start, stop, block, str(x.device)):
-        if axis == -1:
-            parts.append(x[..., i0 - offset:i1 - offset].to(torch.float64) @ dense)
-        else:
-            parts.append(dense.T @ x[..., i0 - offset:i1 - offset, :].to(torch.float64))
-    acc = parts[0] if len(parts) == 1 else torch.cat(parts, dim=axis)  # integer sums < 2**31: exact in float64
+    blocks = _band_blocks_on(in_size, out_size, kind, start, stop, block, str(x.device))
+    first, last = blocks[0][2] - offset, max(b[3] for b in blocks) - offset
+    # convert the window once; each block multiplies a view of it (integer sums < 2**31: exact in float64)
+    if axis == -1:
+        window = x[..., first:last].to(torch.float64)
+        parts = [window[..., i0 - offset - first:i1 - offset - first] @ dense for _, _, i0, i1, dense in blocks]
+    else:
+        window = x[..., first:last, :].to(torch.float64)
+        parts = [dense.T @ window[..., i0 - offset - first:i1 - offset - first, :] for _, _, i0, i1, dense in blocks]
+    acc = parts[0] if len(parts) == 1 else torch.cat(parts, dim=axis)
     half, one = float(1 << (_PRECISION_BITS - 1)), 1.0 / (1 << _PRECISION_BITS)
-    return torch.floor((acc + half) * one).clamp_(0, 255).to(torch.uint8)
+    return acc.add_(half).mul_(one).floor_().clamp_(0, 255).to(torch.uint8)
 
 
 @functools.lru_cache(maxsize=64)
