@@ -67,6 +67,12 @@ def encoders(path: Path, device: str, dtype: torch.dtype, batches: list[int], re
             ids = torch.randint(0, 49406, (batch, length), device=device)
             ids[:, -1] = 49407
             cases.append((f"text encoder T={length}", ids, lambda m, x: m.get_text_features(input_ids=x)))
+        # captions tokenized with padding="max_length": 16 real tokens, padded with EOS to 77, with a mask
+        ids = torch.full((batch, 77), 49407, device=device)
+        ids[:, :15] = torch.randint(0, 49406, (batch, 15), device=device)
+        mask = (torch.arange(77, device=device) < 16).long().expand(batch, 77)
+        cases.append(("text encoder 16 tokens padded to 77", ids,
+                      lambda m, x, mask=mask: m.get_text_features(input_ids=x, attention_mask=mask)))
         for name, x, fn in cases:
             def call(m, fn=fn, x=x):
                 with torch.inference_mode():

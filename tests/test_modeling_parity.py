@@ -264,3 +264,21 @@ def test_gpu_half_precision_matches_fp32(attn, text_inputs, pixel_values, tmp_pa
         b = gpu(ids.cuda(), pixel_values.cuda(), mask.cuda())
     assert torch.allclose(a.text_embeds, b.text_embeds.float().cpu(), atol=4e-2)
     assert torch.allclose(a.image_embeds, b.image_embeds.float().cpu(), atol=4e-2)
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_text_features_fast_path_equals_full_forward(attn, text_inputs, tmp_path):
+    """get_text_features cuts columns after the pooled token and drops the padding mask: same numbers."""
+    ref = transformers.CLIPModel(_ref_config("CLIPModel", eos=2)).eval()
+    ref.save_pretrained(tmp_path)
+    ours = clipfast.CLIPModel.from_pretrained(tmp_path, attn_implementation=attn)
+    ids, mask = text_inputs
+    long_ids = torch.cat([ids, torch.full((4, 20), 98)], dim=1)  # padded far beyond the longest text
+    long_mask = torch.cat([mask, torch.zeros(4, 20, dtype=mask.dtype)], dim=1)
+    left_mask = long_mask.flip(1)  # left padding: not right-padded, so the full forward runs
+    position_ids = torch.arange(long_ids.shape[1])[None]
+    with torch.no_grad():
+        for kwargs in (dict(attention_mask=long_mask), dict(), dict(attention_mask=left_mask),
+                       dict(attention_mask=long_mask, position_ids=position_ids)):
+            expected = ref.get_text_features(input_ids=long_ids, **kwargs)
+            assert_same(expected, ours.get_text_features(input_ids=long_ids, **kwargs))

@@ -496,6 +496,27 @@ class CLIPTextTransformer(nn.Module):
                                          hidden_states=encoded.hidden_states, attentions=encoded.attentions)
         return out if _flag(return_dict, self.config.return_dict) else out.to_tuple()
 
+    def pooled_output(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                      position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Only the pooled vector (B, D), computing no more than it depends on.
+
+        Attention is causal, so the pooled token sees only positions up to itself: columns after the last pooled
+        position are cut, and with right padding (or none) no padding mask is needed. Same numbers as ``forward``.
+        """
+        if input_ids is None:
+            raise ValueError("You have to specify input_ids (token ids from CLIPTokenizer).")
+        input_ids = input_ids.view(-1, input_ids.shape[-1])  # (B, T)
+        if position_ids is not None or (attention_mask is not None and not _is_right_padded(attention_mask)):
+            return self.forward(input_ids, attention_mask, position_ids, False, False, True).pooler_output
+        positions = self._eos_positions(input_ids)
+        input_ids = input_ids[:, : int(positions.max()) + 1]  # (B, T'), T' <= T
+        hidden_states = self.embeddings(input_ids=input_ids)
+        batch, length = input_ids.shape
+        causal = _causal_mask(batch, length, hidden_states.dtype, hidden_states.device)
+        encoded = self.encoder(hidden_states, None, causal, False, False)
+        rows = torch.arange(batch, device=hidden_states.device)
+        return self.final_layer_norm(encoded.last_hidden_state[rows, positions.to(hidden_states.device)])
+
     def _eos_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Index of the pooled token in each row (B,).
 
@@ -813,8 +834,7 @@ class CLIPModel(CLIPPreTrainedModel):
                           position_ids: torch.Tensor | None = None, output_attentions: bool | None = None,
                           output_hidden_states: bool | None = None, return_dict: bool | None = None) -> torch.Tensor:
         """Projected (not normalized) text embeddings, shape (B, projection_dim)."""
-        pooled = self.text_model(input_ids, attention_mask, position_ids, False, False, True).pooler_output
-        return self.text_projection(pooled)
+        return self.text_projection(self.text_model.pooled_output(input_ids, attention_mask, position_ids))
 
     def get_image_features(self, pixel_values: torch.Tensor | None = None, output_attentions: bool | None = None,
                            output_hidden_states: bool | None = None, interpolate_pos_encoding: bool = False,
