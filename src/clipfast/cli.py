@@ -1,6 +1,16 @@
 """The ``clipfast`` command line: each command parses its arguments, calls the library and prints.
 
+Each command is an ``add_<name>_parser(subparsers)`` that builds its parser (help text from the command's
+docstring) and a ``cmd_<name>(args) -> int`` that calls the library and prints. Heavy imports (torch, the model)
+happen inside the commands, so ``clipfast --help`` is instant.
+
+Exit codes: 0 ok, 1 failure or some inputs skipped, 2 usage error. Errors are one line on stderr
+(``clipfast: error: ...``); pass ``--debug`` or set ``CLIPFAST_DEBUG=1`` for the traceback.
+
 Example:
+    $ clipfast classify examples/cat.jpg --labels cat dog car
+    $ clipfast embed photos/ --out photos.index && clipfast search photos.index "a dog on a beach"
+    $ clipfast info openai/clip-vit-base-patch32
     $ clipfast convert ViT-B-32.pt clip-vit-b32            # OpenAI .pt -> transformers folder
     $ clipfast convert clip-vit-b32 ViT-B-32.pt --to openai
 """
@@ -8,11 +18,457 @@ Example:
 from __future__ import annotations
 
 import argparse
+import glob
+import inspect
+import json
 import os
 import sys
-from typing import Callable, Sequence
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from clipfast.errors import ClipfastError
+from clipfast.errors import ClipfastError, ImageLoadError, InputError
+
+DEFAULT_MODEL = "openai/clip-vit-base-patch32"
+MODEL_ENV = "CLIPFAST_MODEL"
+DEBUG_ENV = "CLIPFAST_DEBUG"
+DEFAULT_TEMPLATE = "This is a photo of {}."
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".jfif"}
+DTYPES = ("float32", "float16", "bfloat16", "auto")
+_CLASSIFY_CHUNK = 256  # images decoded and held in memory at once by classify
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line (exit code 2) instead of the usage block plus the error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# helpers shared by the commands
+
+
+def _warn(message: str) -> None:
+    print(f"clipfast: warning: {message}", file=sys.stderr)
+
+
+def _one_line(message: Any) -> str:
+    """Collapse a message onto one line, so every error is one line however the library wrapped it."""
+    return " ".join(str(message).split())
+
+
+def _add_model_options(parser: argparse.ArgumentParser, batch_size: int = 32) -> None:
+    parser.add_argument("--model", default=None,
+                        help=f"hub id, local folder or checkpoint file (default: ${MODEL_ENV} or {DEFAULT_MODEL})")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    parser.add_argument("--dtype", default=None, choices=DTYPES, help="weights dtype (default: float32)")
+    parser.add_argument("--batch-size", type=int, default=batch_size, help=f"images per batch (default: {batch_size})")
+
+
+def _add_debug(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true", help=f"show tracebacks (or set {DEBUG_ENV}=1)")
+
+
+def _model_name(args: argparse.Namespace) -> str:
+    return args.model or os.environ.get(MODEL_ENV) or DEFAULT_MODEL
+
+
+def _load_pipeline(model: str, args: argparse.Namespace) -> Any:
+    """The zero-shot pipeline on the asked device and dtype; its model, tokenizer and embedding helpers serve
+    every command."""
+    import torch
+
+    import clipfast
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return clipfast.pipeline("zero-shot-image-classification", model=model, device=device, torch_dtype=args.dtype)
+
+
+def _check_batch_size(args: argparse.Namespace) -> None:
+    if args.batch_size < 1:
+        args.parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
+
+
+def image_sources(items: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Expand files, folders (recursively, image extensions only), globs and URLs into image sources, in order,
+    without repeats. Returns (sources, items that matched nothing)."""
+    found: list[str] = []
+    missing: list[str] = []
+    for item in items:
+        if item.startswith(("http://", "https://")) or os.path.isfile(item):
+            found.append(item)
+        elif os.path.isdir(item):
+            found.extend(_walk_images(item))
+        elif glob.has_magic(item) and (matches := sorted(glob.glob(item, recursive=True))):
+            for match in matches:
+                found.extend(_walk_images(match) if os.path.isdir(match) else [match])
+        else:
+            missing.append(item)
+    return list(dict.fromkeys(os.path.normpath(s) if "://" not in s else s for s in found)), missing
+
+
+def _walk_images(folder: str) -> list[str]:
+    """Image files under ``folder``, sorted so runs are repeatable."""
+    paths = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        paths.extend(os.path.join(root, name) for name in sorted(files)
+                     if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS)
+    return paths
+
+
+def _gather_images(items: list[str]) -> tuple[list[str], int]:
+    """Image sources from the command line; warns about items that match nothing; fails when none is left."""
+    sources, missing = image_sources(items)
+    for item in missing:
+        _warn(f"skipped {item!r}: no such file, folder or glob match")
+    if not sources:
+        raise InputError(f"No images found in {', '.join(map(repr, items))}: give image files, folders, globs "
+                         "or http(s) URLs.")
+    return sources, len(missing)
+
+
+def _load_one(source: str) -> Any:
+    """The image, or the ImageLoadError that explains why it cannot be read."""
+    from clipfast.image_io import load_image
+
+    try:
+        return load_image(source)
+    except ImageLoadError as exc:
+        return exc
+
+
+def _loaded_chunks(sources: list[str], size: int) -> Iterator[tuple[list[tuple[str, Any]], int]]:
+    """Yield ([(source, image)], skipped) per chunk of ``size`` sources, decoding the next chunk on a thread pool
+    while the caller works on this one. Unreadable images are skipped with a warning."""
+    chunks = [sources[i:i + size] for i in range(0, len(sources), size)]
+    with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
+        pending = [pool.submit(_load_one, s) for s in chunks[0]] if chunks else []
+        for index, chunk in enumerate(chunks):
+            results = [future.result() for future in pending]
+            pending = [pool.submit(_load_one, s) for s in chunks[index + 1]] if index + 1 < len(chunks) else []
+            loaded = []
+            for source, result in zip(chunk, results):
+                if isinstance(result, ImageLoadError):
+                    _warn(f"skipped: {_one_line(result)}")
+                else:
+                    loaded.append((source, result))
+            yield loaded, len(chunk) - len(loaded)
+
+
+def _report_skipped(skipped: int, total: int) -> int:
+    """Exit code for a run that skipped ``skipped`` of ``total`` inputs, with a closing count on stderr."""
+    if skipped:
+        print(f"clipfast: {skipped} of {total} inputs skipped (see the warnings above)", file=sys.stderr)
+    return 1 if skipped else 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# classify
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    """Label images with free-text candidate labels (zero-shot classification).
+
+    IMAGES are files, folders (searched recursively), globs or http(s) URLs. Prints a table, or one JSON object
+    per image with --json. Example: clipfast classify photos/ --labels cat dog car
+    """
+    _check_batch_size(args)
+    labels = [label.strip() for label in args.labels[0].split(",")] if len(args.labels) == 1 else args.labels
+    if not all(labels):
+        args.parser.error("--labels needs non-empty labels, e.g. --labels cat dog car")
+    if "{}" not in args.template:
+        args.parser.error(f"--template must contain {{}} where the label goes, e.g. {DEFAULT_TEMPLATE!r}")
+    sources, skipped = _gather_images(args.images)
+    total = len(sources) + skipped
+    clip = _load_pipeline(_model_name(args), args)
+    width = max(len("image"), *(len(s) for s in sources))
+    if not args.json:
+        print(f"{'image':<{width}}  {'score':>6}  label")
+    for loaded, bad in _loaded_chunks(sources, _CLASSIFY_CHUNK):
+        skipped += bad
+        if not loaded:
+            continue
+        results = clip.classify([image for _, image in loaded], labels, args.template, args.top_k, args.batch_size)
+        for (source, _), ranked in zip(loaded, results):
+            _print_ranked(source, ranked, width, args.json)
+    return _report_skipped(skipped, total)
+
+
+def _print_ranked(source: str, ranked: list[dict], width: int, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"image": source, "results": ranked}, ensure_ascii=False), flush=True)
+        return
+    for rank, item in enumerate(ranked):
+        print(f"{source if rank == 0 else '':<{width}}  {item['score']:6.4f}  {item['label']}")
+    sys.stdout.flush()
+
+
+def add_classify_parser(subparsers: Any) -> None:
+    parser = _subparser(subparsers, "classify", cmd_classify)
+    parser.add_argument("images", nargs="+", metavar="IMAGES", help="image files, folders, globs or URLs")
+    parser.add_argument("--labels", nargs="+", required=True, metavar="LABEL",
+                        help="candidate labels, e.g. --labels cat dog car (or one comma-separated string)")
+    parser.add_argument("--template", default=DEFAULT_TEMPLATE,
+                        help=f"sentence each label is put in (default: {DEFAULT_TEMPLATE!r})")
+    parser.add_argument("--top-k", type=int, default=5, help="labels shown per image (default: 5)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per image")
+    _add_model_options(parser)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# embed
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    """Embed images or texts into an index folder: embeddings.npy (L2-normalised float32), ids.jsonl, meta.json.
+
+    Resumable: run the same command again (after a crash, a kill, or with new files) and only what is missing is
+    embedded. Unreadable images are skipped with a warning. With --out NAME.parquet (needs pyarrow) a Parquet
+    file is written too, beside its resumable index folder NAME.parquet.index.
+    Example: clipfast embed photos/ --out photos.index
+    """
+    from clipfast.index import IndexWriter, expand_ids, open_index, write_parquet
+
+    _check_batch_size(args)
+    texts = _texts(args)
+    if texts is not None and args.images:
+        args.parser.error("give IMAGES or --text / --text-file, not both")
+    if texts is None and not args.images:
+        args.parser.error("give IMAGES to embed, or --text / --text-file")
+    parquet = args.out.endswith(".parquet")
+    folder = args.out + ".index" if parquet else args.out
+    if parquet:
+        _require_pyarrow()
+    kind = "text" if texts is not None else "image"
+    items, missing = (expand_ids(texts), 0) if texts is not None else _gather_images(args.images)
+    model = _model_name(args)
+    clip = _load_pipeline(model, args)
+    meta = {"model": os.path.abspath(model) if os.path.exists(model) else model, "kind": kind,
+            "dim": int(clip.model.config.projection_dim), "model_dtype": str(clip.model.dtype).removeprefix("torch.")}
+    with IndexWriter(folder, meta) as writer:
+        todo = [item for item in items if item not in writer.done]
+        skipped = _embed_into(writer, clip, todo, kind, args.batch_size, len(items))
+        stored = writer.rows
+    if parquet:
+        write_parquet(open_index(folder), args.out)
+    print(f"clipfast: {stored} embeddings in {args.out} ({len(todo) - skipped} new)", file=sys.stderr)
+    return _report_skipped(skipped + missing, len(items) + missing)
+
+
+def _embed_into(writer: Any, clip: Any, todo: list[str], kind: str, batch_size: int, total: int) -> int:
+    """Embed ``todo`` chunk by chunk into ``writer`` with a progress bar; returns how many were skipped."""
+    from tqdm import tqdm
+
+    skipped = 0
+    with tqdm(total=total, initial=total - len(todo), unit=kind, file=sys.stderr, disable=None) as bar:
+        if kind == "text":
+            for start in range(0, len(todo), batch_size):
+                chunk = todo[start:start + batch_size]
+                writer.append(chunk, _text_embeddings(clip, chunk).float().cpu().numpy())
+                bar.update(len(chunk))
+            return 0
+        for loaded, bad in _loaded_chunks(todo, batch_size):
+            skipped += bad
+            if loaded:
+                vectors = clip.image_embeddings([image for _, image in loaded])
+                writer.append([source for source, _ in loaded], vectors.float().cpu().numpy())
+            bar.update(len(loaded) + bad)
+    return skipped
+
+
+def _text_embeddings(clip: Any, texts: list[str]) -> Any:
+    """Normalised text embeddings, truncating texts longer than the model's context (77 tokens) instead of
+    failing, so one long line cannot stop a run."""
+    import torch
+
+    tokens = clip.tokenizer(texts, padding=True, truncation=True, return_tensors="pt").to(clip.device)
+    with torch.inference_mode():
+        embeds = clip.model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
+    return embeds / embeds.norm(p=2, dim=-1, keepdim=True)
+
+
+def _texts(args: argparse.Namespace) -> list[str] | None:
+    """Texts from --text and --text-file (one per line, blank lines ignored; '-' reads stdin), or None."""
+    if args.text is None and args.text_file is None:
+        return None
+    texts = list(args.text or [])
+    if args.text_file is not None:
+        if args.text_file == "-":
+            lines = sys.stdin.read().splitlines()
+        else:
+            with open(args.text_file, encoding="utf-8") as handle:
+                lines = handle.read().splitlines()
+        texts.extend(line.strip() for line in lines if line.strip())
+    if not texts:
+        raise InputError("No texts to embed: --text-file is empty.")
+    return texts
+
+
+def _require_pyarrow() -> None:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        raise InputError("Writing Parquet needs pyarrow: run `pip install pyarrow`, or give --out a folder "
+                         "for .npy + .jsonl.") from None
+
+
+def add_embed_parser(subparsers: Any) -> None:
+    parser = _subparser(subparsers, "embed", cmd_embed)
+    parser.add_argument("images", nargs="*", metavar="IMAGES", help="image files, folders, globs or URLs")
+    parser.add_argument("--text", nargs="+", default=None, metavar="TEXT", help="texts to embed")
+    parser.add_argument("--text-file", default=None, metavar="FILE", help="texts to embed, one per line ('-': stdin)")
+    parser.add_argument("--out", required=True, help="index folder (or NAME.parquet, with pyarrow)")
+    _add_model_options(parser)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# search
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """Find the indexed items most similar to a text or an image (exact cosine search).
+
+    INDEX is what `clipfast embed --out` wrote. The query is embedded with the model recorded in the index
+    (override with --model). Prints score and id (path or text), best first.
+    Example: clipfast search photos.index "a dog on a beach"
+    """
+    from clipfast.index import open_index
+
+    if (args.query is None) == (args.image is None):
+        args.parser.error('give a text QUERY or --image FILE, e.g. clipfast search INDEX "a dog on a beach"')
+    if args.top_k < 1:
+        args.parser.error(f"--top-k must be at least 1, got {args.top_k}")
+    index = open_index(args.index + ".index" if args.index.endswith(".parquet") else args.index)
+    clip = _load_pipeline(args.model or index.meta["model"], args)
+    if args.image is not None:
+        from clipfast.image_io import load_image
+
+        query = clip.image_embeddings([load_image(args.image)])
+    else:
+        query = _text_embeddings(clip, [args.query])
+    query = query.float().cpu().numpy()[0]
+    if query.shape[0] != index.vectors.shape[1]:
+        raise InputError(f"The query embedding has {query.shape[0]} dimensions but the index has "
+                         f"{index.vectors.shape[1]}: use the index's model ({index.meta.get('model')!r}).")
+    for item, score in index.search(query, args.top_k):
+        print(json.dumps({"id": item, "score": score}, ensure_ascii=False) if args.json else f"{score:.4f}  {item}")
+    return 0
+
+
+def add_search_parser(subparsers: Any) -> None:
+    parser = _subparser(subparsers, "search", cmd_search)
+    parser.add_argument("index", metavar="INDEX", help="folder written by `clipfast embed --out`")
+    parser.add_argument("query", nargs="?", default=None, metavar="QUERY", help="text to search for")
+    parser.add_argument("--image", default=None, help="search with an image instead of a text")
+    parser.add_argument("--top-k", type=int, default=10, help="results to print (default: 10)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per result")
+    _add_model_options(parser, batch_size=1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# info
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Show a model's architecture, parameter count, dtype, files and where it was loaded from.
+
+    MODEL is a hub id, a local folder or a checkpoint file (default: $CLIPFAST_MODEL or
+    openai/clip-vit-base-patch32). Example: clipfast info openai/clip-vit-base-patch32
+    """
+    import clipfast
+
+    source = args.model or os.environ.get(MODEL_ENV) or DEFAULT_MODEL
+    model = clipfast.AutoModel.from_pretrained(source, torch_dtype="auto")
+    where, files = _model_files(source)
+    facts = {"model": source, "loaded from": where, **_architecture(model),
+             "parameters": model.num_parameters(), "dtype": str(model.dtype).removeprefix("torch."),
+             "attention": getattr(model.config, "_attn_implementation", None), "files": files}
+    if args.json:
+        print(json.dumps(facts, indent=2, ensure_ascii=False))
+        return 0
+    for key, value in facts.items():
+        if key == "files":
+            value = ", ".join(f"{name} ({_size(size)})" for name, size in value.items()) or "-"
+        elif key == "parameters":
+            value = f"{value:,}"
+        print(f"{key + ':':<16}{value}")
+    return 0
+
+
+def _architecture(model: Any) -> dict[str, Any]:
+    """Class, towers and embedding size, from the config."""
+    config = model.config
+    facts: dict[str, Any] = {"architecture": type(model).__name__}
+    vision = getattr(config, "vision_config", None) or (config if hasattr(config, "patch_size") else None)
+    text = getattr(config, "text_config", None) or (config if hasattr(config, "vocab_size") else None)
+    if vision is not None:
+        facts["vision"] = (f"ViT, {vision.image_size} px, patch {vision.patch_size}, {vision.num_hidden_layers} "
+                           f"layers, width {vision.hidden_size}, {vision.num_attention_heads} heads")
+    if text is not None:
+        facts["text"] = (f"{text.num_hidden_layers} layers, width {text.hidden_size}, {text.num_attention_heads} "
+                         f"heads, context {text.max_position_embeddings}, vocab {text.vocab_size}")
+    if hasattr(config, "projection_dim"):
+        facts["embedding dim"] = config.projection_dim
+    return facts
+
+
+def _model_files(source: str) -> tuple[str, dict[str, int]]:
+    """Where the checkpoint lives (file, folder or hub cache snapshot) and its files with their sizes."""
+    from clipfast import hub
+
+    if os.path.isfile(source):
+        return f"checkpoint file {os.path.abspath(source)}", {os.path.basename(source): os.path.getsize(source)}
+    if os.path.isdir(source):
+        folder, where = source, f"local folder {os.path.abspath(source)}"
+    else:
+        try:
+            folder = os.path.dirname(hub.resolve_file(source, "config.json"))  # type: ignore[arg-type]
+        except ClipfastError:  # a format clipfast.convert reads from the hub; its files are elsewhere
+            return f"Hugging Face Hub ({source})", {}
+        where = f"Hugging Face Hub, cached in {folder}"
+    files = {name: os.path.getsize(os.path.join(folder, name)) for name in sorted(os.listdir(folder))
+             if os.path.isfile(os.path.join(folder, name)) and not name.startswith(".")}
+    return where, files
+
+
+def _size(size: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024  # type: ignore[assignment]
+    return str(size)
+
+
+def add_info_parser(subparsers: Any) -> None:
+    parser = _subparser(subparsers, "info", cmd_info)
+    parser.add_argument("model", nargs="?", default=None, metavar="MODEL", help="hub id, folder or checkpoint file")
+    parser.add_argument("--json", action="store_true", help="print the facts as JSON")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the parser and main
+
+
+def _subparser(subparsers: Any, name: str, func: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+    """A subcommand whose help is ``func``'s docstring (first line in the command list, all of it in --help)."""
+    doc = inspect.cleandoc(func.__doc__ or "")
+    parser = subparsers.add_parser(name, help=doc.splitlines()[0] if doc else None, description=doc,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(func=func, parser=parser)
+    _add_debug(parser)
+    return parser
+
+
+def _format_warning(message: Any, category: type, filename: str, lineno: int, line: str | None = None) -> str:
+    return f"clipfast: warning: {_one_line(message)}\n"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# convert
+
+
 
 
 def convert_command(args: argparse.Namespace) -> int:
@@ -48,13 +504,19 @@ def _add_convert(commands: argparse._SubParsersAction) -> None:
 
 
 # further commands register themselves here: one _add_* function each
-_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_convert]
+_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    add_classify_parser, add_embed_parser, add_search_parser, add_info_parser, _add_convert]
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every command."""
-    parser = argparse.ArgumentParser(prog="clipfast", description="Exact, fast CLIP for PyTorch.")
-    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    from clipfast import __version__
+
+    parser = _Parser(prog="clipfast", description="Exact, fast CLIP for PyTorch.",
+                     epilog=f"Models: a hub id, a local folder or a checkpoint file (default: ${MODEL_ENV} or "
+                            f"{DEFAULT_MODEL}). Run `clipfast COMMAND --help` for a command's options.")
+    parser.add_argument("--version", action="version", version=f"clipfast {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser)
     for add in _COMMANDS:
         add(commands)
     return parser
@@ -71,8 +533,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print("clipfast: error: a command is required (see clipfast --help)", file=sys.stderr)
         return 2
+    debug = getattr(args, "debug", False) or os.environ.get(DEBUG_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+    if not debug:
+        warnings.formatwarning = _format_warning  # library warnings as one line, like our own
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        print("clipfast: interrupted", file=sys.stderr)
+        return 130
     except (ClipfastError, OSError, ValueError) as exc:
-        print(f"clipfast: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        if debug:
+            raise
+        print(f"clipfast: error: {_one_line(exc)}", file=sys.stderr)
         return 1
