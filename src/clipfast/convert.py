@@ -82,8 +82,8 @@ _UNSUPPORTED: list[tuple[str, str]] = [
     (r"^text_decoder\.", "a CoCa text decoder"),
     (r"(^|\.)attn_pool", "attentional pooling"),
     (r"(^|\.)ls_[12]\.", "layer scale (ls_init_value)"),
-    (r"(^|\.)(ln_attn|ln_inner|q_norm|k_norm|head_scale)\.|\.attn\.logit_scale$", "custom attention blocks "
-     "(qk-norm, scaled cosine attention, extra norms)"),
+    (r"\.attn\.(ln_q|ln_k|ln_inner|head_scale|logit_scale)(\.|$)|\.(ln_attn|mlp\.ln)\.", "custom attention "
+     "blocks (qk-norm, scaled cosine attention, head scales, extra norms)"),
     (r"^text\.transformer\.(?!resblocks\.)", "a Hugging Face text encoder (hf_model_name)"),
     (r"^(text\.)?cls_emb$", "a text CLS embedding (embed_cls)"),
     (r"^logit_bias$", "a sigmoid-loss bias (SigLIP)"),

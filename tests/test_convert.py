@@ -1,0 +1,355 @@
+"""OpenAI and open_clip checkpoints: loading, conversion both ways, refusals and safety, against open_clip itself.
+
+Every model is a tiny open_clip model with random weights, saved in the layout its format uses; clipfast's outputs
+must equal open_clip's (and, after conversion, transformers') within 1e-5.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+import warnings
+import zipfile
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import clipfast
+from clipfast import convert as cv
+from clipfast.cli import main
+from clipfast.errors import CheckpointError
+from openclip_fixtures import (EOS, IMAGENET, OPEN_CLIP_GELU, OPENAI_LIKE, build, clipfast_outputs, inputs,
+                               reference, save_open_clip_folder, save_torchscript)
+
+open_clip = pytest.importorskip("open_clip")
+ATOL = 1e-5
+
+
+def assert_same(ours: dict, ref: dict) -> None:
+    for name in ("image", "text", "logits"):
+        torch.testing.assert_close(ours[name], ref[name], atol=ATOL, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.fixture(scope="module")
+def openai_model():
+    return build(OPENAI_LIKE)
+
+
+@pytest.fixture(scope="module")
+def gelu_model():
+    return build(OPEN_CLIP_GELU, seed=1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# OpenAI files
+
+
+@pytest.mark.parametrize("kind", ["script", "trace", "state_dict"])
+def test_openai_files_match_open_clip(openai_model, tmp_path, kind):
+    path = tmp_path / "ViT-tiny.pt"
+    if kind == "state_dict":
+        torch.save(openai_model.state_dict(), path)
+    else:
+        save_torchscript(openai_model, path, trace=kind == "trace")
+    pixels, ids = inputs()
+    model, tokenizer, processor = clipfast.load(path)
+    assert_same(clipfast_outputs(model, pixels, ids), reference(openai_model, pixels, ids))
+    assert model.config.text_config.hidden_act == "quick_gelu" and model.config.vision_config.num_attention_heads == 2
+    assert tokenizer.model_max_length == 16 and processor.size == {"shortest_edge": 32}
+    assert processor.image_mean == cv.OPENAI_MEAN
+    # from_pretrained takes the same files, for any model class
+    text = clipfast.CLIPTextModelWithProjection.from_pretrained(path)
+    torch.testing.assert_close(text(input_ids=ids).text_embeds, reference(openai_model, pixels, ids)["text"],
+                               atol=ATOL, rtol=1e-4)
+
+
+def test_openai_fp16_fp32_mix_is_upcast(openai_model, tmp_path):
+    """OpenAI stored convolutions, linears, attention and projections in fp16: read exactly, as float32."""
+    mixed = build(OPENAI_LIKE)
+    open_clip.model.convert_weights_to_lp(mixed, dtype=torch.float16)
+    assert {p.dtype for p in mixed.parameters()} == {torch.float16, torch.float32}
+    save_torchscript(mixed, tmp_path / "mixed.pt")
+    model = clipfast.CLIPModel.from_pretrained(tmp_path / "mixed.pt")
+    assert model.dtype == torch.float32
+    pixels, ids = inputs()
+    assert_same(clipfast_outputs(model, pixels, ids), reference(mixed.float(), pixels, ids))
+
+
+def test_torchscript_reader_drops_non_weights(openai_model, tmp_path):
+    state = cv.read_torchscript(str(save_torchscript(openai_model, tmp_path / "a.pt")))
+    assert "attn_mask" in state and "visual.conv1.weight" in state
+    converted = cv.openai_to_hf(state)
+    assert not any("attn_mask" in k for k in converted)
+    assert set(converted) == set(clipfast.CLIPModel(cv.config_from_weights(converted)).state_dict())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# open_clip files
+
+
+@pytest.mark.parametrize("layout", ["pt_with_stem_json", "safetensors_with_open_clip_config", "explicit_config",
+                                    "hub_folder"])
+def test_open_clip_layouts_match_open_clip(gelu_model, tmp_path, layout):
+    pixels, ids = inputs()
+    state = gelu_model.state_dict()
+    kwargs = {}
+    if layout == "pt_with_stem_json":
+        source = tmp_path / "my-model.pt"
+        torch.save({"epoch": 3, "name": "run", "state_dict": {"module." + k: v for k, v in state.items()}}, source)
+        (tmp_path / "my-model.json").write_text(json.dumps(OPEN_CLIP_GELU))
+    elif layout == "safetensors_with_open_clip_config":
+        source = tmp_path / "weights.safetensors"
+        save_file({k: v.contiguous() for k, v in state.items()}, str(source))
+        (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": OPEN_CLIP_GELU,
+                                                                    "preprocess_cfg": IMAGENET}))
+    elif layout == "explicit_config":
+        source = tmp_path / "weights.bin"
+        torch.save(state, source)
+        kwargs["open_clip_config"] = OPEN_CLIP_GELU
+    else:
+        source = save_open_clip_folder(gelu_model, OPEN_CLIP_GELU, tmp_path / "repo", IMAGENET)
+    model, _, processor = clipfast.load(source, **kwargs)
+    assert_same(clipfast_outputs(model, pixels, ids), reference(gelu_model, pixels, ids))
+    config = model.config
+    assert config.vision_config.hidden_act == "gelu" and config.vision_config.num_attention_heads == 3
+    assert config.vision_config.intermediate_size == 249 and config.text_config.intermediate_size == 49
+    expected_mean = IMAGENET["mean"] if layout in ("hub_folder", "safetensors_with_open_clip_config") \
+        else cv.OPENAI_MEAN
+    assert processor.image_mean == expected_mean
+    loaded = clipfast.CLIPModel.from_pretrained(source, **kwargs)
+    assert_same(clipfast_outputs(loaded, pixels, ids), reference(gelu_model, pixels, ids))
+
+
+def test_open_clip_repo_from_the_hub(gelu_model, tmp_path):
+    """``hf-hub:org/name`` and a plain id of a repo without config.json, served by a loopback Hub stand-in."""
+    from fake_hub import FakeHub
+
+    repo = save_open_clip_folder(gelu_model, OPEN_CLIP_GELU, tmp_path / "repo", IMAGENET)
+    code = """
+        import clipfast, torch
+        a, tok, proc = clipfast.load("hf-hub:org/tiny-open-clip")
+        b = clipfast.CLIPModel.from_pretrained("org/tiny-open-clip")
+        ids = torch.tensor([[1, 5, 99, 0]])
+        same = torch.equal(a.get_text_features(input_ids=ids), b.get_text_features(input_ids=ids))
+        print("OK", same, proc.image_mean == [0.485, 0.456, 0.406])
+    """
+    with FakeHub({"org/tiny-open-clip": repo}) as url:
+        env = {**os.environ, "HF_ENDPOINT": url, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0"}
+        run = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
+                             timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "OK True True" in run.stdout
+
+
+def test_real_tokenizer_padding_agrees_with_open_clip(tmp_path):
+    """clipfast's tokenizer pads with 49407 and open_clip's with 0; the pooled text embeddings agree."""
+    cfg = {**OPENAI_LIKE, "text_cfg": {**OPENAI_LIKE["text_cfg"], "vocab_size": 49408, "context_length": 77}}
+    reference_model = build(cfg)
+    torch.save(reference_model.state_dict(), tmp_path / "openai.pt")
+    model, tokenizer, _ = clipfast.load(tmp_path / "openai.pt")
+    texts = ["a photo of a cat", "a diagram", "two dogs playing in the snow"]
+    ours = tokenizer(texts, padding="max_length", return_tensors="pt")
+    theirs = open_clip.get_tokenizer("ViT-B-32")(texts)
+    assert torch.equal(ours.input_ids[ours.attention_mask.bool()], theirs[theirs != 0])
+    with torch.no_grad():
+        torch.testing.assert_close(model.get_text_features(**ours), reference_model.encode_text(theirs),
+                                   atol=ATOL, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# conversion: to transformers, and back to the source formats
+
+
+@pytest.mark.parametrize("source_kind", ["openai_torchscript", "open_clip_folder"])
+def test_convert_to_hf_loads_in_transformers_and_clipfast(openai_model, gelu_model, tmp_path, source_kind):
+    import transformers
+
+    if source_kind == "openai_torchscript":
+        ref_model, source = openai_model, save_torchscript(openai_model, tmp_path / "ViT.pt")
+    else:
+        ref_model = gelu_model
+        source = save_open_clip_folder(gelu_model, OPEN_CLIP_GELU, tmp_path / "repo", IMAGENET)
+    assert main(["convert", str(source), str(tmp_path / "hf")]) == 0
+    files = set(os.listdir(tmp_path / "hf"))
+    assert {"config.json", "model.safetensors", "vocab.json", "merges.txt", "tokenizer_config.json",
+            "special_tokens_map.json", "tokenizer.json", "preprocessor_config.json"} <= files
+    pixels, ids = inputs()
+    expected = reference(ref_model, pixels, ids)
+    assert_same(clipfast_outputs(transformers.CLIPModel.from_pretrained(tmp_path / "hf"), pixels, ids), expected)
+    assert_same(clipfast_outputs(clipfast.CLIPModel.from_pretrained(tmp_path / "hf"), pixels, ids), expected)
+    processor = transformers.CLIPImageProcessor.from_pretrained(tmp_path / "hf")
+    assert processor.crop_size == {"height": 32, "width": 32} and processor.resample == 3
+    tokenizer = transformers.CLIPTokenizerFast.from_pretrained(tmp_path / "hf")
+    assert tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+    # the converted folder round-trips through clipfast.load with its tokenizer and processor
+    _, ours_tok, ours_proc = clipfast.load(tmp_path / "hf")
+    assert ours_tok.model_max_length == 16 and ours_proc.image_mean == processor.image_mean
+
+
+def test_round_trip_to_openai_loads_in_open_clip(openai_model, tmp_path):
+    save_torchscript(openai_model, tmp_path / "orig.pt")
+    assert main(["convert", str(tmp_path / "orig.pt"), str(tmp_path / "hf")]) == 0
+    assert main(["convert", str(tmp_path / "hf"), str(tmp_path / "back.pt"), "--to", "openai"]) == 0
+    state = torch.load(tmp_path / "back.pt", weights_only=True)
+    rebuilt = build(OPENAI_LIKE, seed=5)
+    rebuilt.load_state_dict(state)  # strict: exactly open_clip's keys
+    pixels, ids = inputs()
+    assert_same(reference(rebuilt, pixels, ids), reference(openai_model, pixels, ids))
+    # open_clip's own OpenAI loader reads the file too (it builds the model from the shapes; it tries
+    # torch.jit.load first, which is fine on a file this test wrote)
+    with warnings.catch_warnings():  # torch.jit.load's deprecation note
+        warnings.simplefilter("ignore")
+        loaded = open_clip.load_openai_model(str(tmp_path / "back.pt"), precision="fp32", device="cpu")
+    assert loaded.visual.transformer.resblocks[0].attn.num_heads == 2
+
+
+def test_round_trip_to_open_clip_loads_in_open_clip(gelu_model, tmp_path):
+    """gelu + truncating MLP ratios: the config written back rebuilds exactly the same widths."""
+    source = save_open_clip_folder(gelu_model, OPEN_CLIP_GELU, tmp_path / "repo", {**IMAGENET, "resize_mode": "squash"})
+    cv.convert(source, tmp_path / "hf")
+    assert main(["convert", str(tmp_path / "hf"), str(tmp_path / "back"), "--to", "open_clip"]) == 0
+    rebuilt = open_clip.create_model(f"local-dir:{tmp_path / 'back'}")
+    pixels, ids = inputs()
+    assert_same(reference(rebuilt.eval(), pixels, ids), reference(gelu_model, pixels, ids))
+    written = json.loads((tmp_path / "back" / "open_clip_config.json").read_text())
+    assert written["preprocess_cfg"]["resize_mode"] == "squash" and written["preprocess_cfg"]["mean"] == IMAGENET["mean"]
+    assert not written["model_cfg"]["quick_gelu"]
+
+
+def test_mlp_ratio_survives_open_clip_truncation():
+    for width in range(8, 200, 4):
+        for intermediate in range(width, 5 * width):
+            assert int(width * cv._mlp_ratio(width, intermediate)) == intermediate
+
+
+def test_to_openai_refuses_models_outside_openai_conventions(gelu_model, tmp_path):
+    source = save_open_clip_folder(gelu_model, OPEN_CLIP_GELU, tmp_path / "repo")
+    with pytest.raises(CheckpointError, match="quick_gelu and heads = width / 64"):
+        cv.convert(source, tmp_path / "x.pt", to="openai")
+    assert not (tmp_path / "x.pt").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# preprocessing settings
+
+
+def test_preprocess_settings():
+    squash = cv.image_processor_config({"resize_mode": "squash", "interpolation": "bilinear", **IMAGENET}, 224)
+    assert squash["size"] == {"height": 224, "width": 224} and not squash["do_center_crop"] and squash["resample"] == 2
+    assert cv.open_clip_preprocess(squash)["resize_mode"] == "squash"
+    with pytest.raises(CheckpointError, match="resize_mode 'longest'"):
+        cv.image_processor_config({"resize_mode": "longest"}, 224)
+    with pytest.raises(CheckpointError, match="interpolation 'nearest'"):
+        cv.image_processor_config({"interpolation": "nearest"}, 224)
+
+
+def test_inexpressible_preprocessing_fails_load_but_not_the_model(gelu_model, tmp_path):
+    source = save_open_clip_folder(gelu_model, OPEN_CLIP_GELU, tmp_path / "repo", {"resize_mode": "longest"})
+    with pytest.raises(CheckpointError, match="longest"):
+        clipfast.load(source)
+    with pytest.raises(CheckpointError, match="longest"):
+        cv.convert(source, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+    assert clipfast.CLIPModel.from_pretrained(source).config.vision_config.image_size == 32
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# architectures CLIPModel cannot express
+
+
+def _tiny(**changes):
+    cfg = json.loads(json.dumps(OPEN_CLIP_GELU))
+    for section, values in changes.items():
+        cfg[section] = {**cfg.get(section, {}), **values} if isinstance(values, dict) else values
+    return cfg
+
+
+@pytest.mark.parametrize("cfg, found", [
+    (_tiny(vision_cfg={"layers": [1, 1, 1, 1], "width": 16, "head_width": 8}), "ResNet image tower"),
+    (_tiny(vision_cfg={"ls_init_value": 1e-4}), "layer scale"),
+    (_tiny(init_logit_bias=-10.0), "SigLIP"),
+    (_tiny(vision_cfg={"attentional_pool": True, "attn_pooler_heads": 3}), "attentional pooling"),
+    (_tiny(text_cfg={"qk_norm": True}), "custom attention blocks"),
+    (_tiny(vision_cfg={"scale_heads": True}), "custom attention blocks"),
+    (_tiny(text_cfg={"scale_fc": True}), "custom attention blocks"),
+], ids=["resnet", "layer_scale", "siglip", "attentional_pool", "qk_norm", "scale_heads", "scale_fc"])
+def test_inexpressible_architectures_are_refused_by_name(tmp_path, cfg, found):
+    torch.manual_seed(0)
+    model = open_clip.CLIP(**cfg)
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    with pytest.raises(CheckpointError, match=found):  # the config names it
+        clipfast.CLIPModel.from_pretrained(tmp_path / "w.pt", open_clip_config=cfg)
+    with pytest.raises(CheckpointError, match=found):  # and so do the keys, without a config
+        clipfast.load(tmp_path / "w.pt")
+
+
+@pytest.mark.parametrize("key, found", [("text_decoder.resblocks.0.ln_1.weight", "CoCa"),
+                                        ("text.transformer.embeddings.word_embeddings.weight", "Hugging Face text"),
+                                        ("visual.mystery.weight", "Unknown tensors")])
+def test_foreign_keys_are_refused_not_dropped(openai_model, tmp_path, key, found):
+    state = {**openai_model.state_dict(), key: torch.zeros(2)}
+    torch.save(state, tmp_path / "w.pt")
+    with pytest.raises(CheckpointError, match=found):
+        clipfast.CLIPModel.from_pretrained(tmp_path / "w.pt")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# safety: nothing in a file runs
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_torchscript_archive_with_planted_pickle_is_refused(openai_model, tmp_path, capsys):
+    good = save_torchscript(openai_model, tmp_path / "good.pt")
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "ViT-B-32.pt"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(evil, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename.endswith("/data.pkl"):
+                data = pickle.dumps({"visual": _Evil(marker)}, protocol=2)
+            dst.writestr(item, data)
+    assert cv.is_torchscript(str(evil))
+    with pytest.raises(CheckpointError, match=r"system.*refuses"):
+        clipfast.load(evil)
+    assert main(["convert", str(evil), str(tmp_path / "out")]) == 1
+    assert "system" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+def test_plain_pt_with_planted_pickle_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    torch.save({"visual.proj": _Evil(marker)}, tmp_path / "ViT-B-32.pt")
+    with pytest.raises(CheckpointError, match="weights-only"):
+        clipfast.CLIPModel.from_pretrained(tmp_path / "ViT-B-32.pt")
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# command line
+
+
+def test_cli_errors_are_one_line_with_exit_codes(tmp_path, capsys):
+    assert main(["convert", "--help"]) == 0
+    assert "--to {hf,openai,open_clip}" in capsys.readouterr().out
+    assert main(["convert", "a", "b", "--to", "onnx"]) == 2
+    assert main([]) == 2
+    capsys.readouterr()
+    assert main(["convert", str(tmp_path / "missing.pt"), str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("clipfast: error:")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "x").write_text("x")
+    assert main(["convert", str(tmp_path / "missing.pt"), str(tmp_path / "out")]) == 1
+    assert "--force" in capsys.readouterr().err
