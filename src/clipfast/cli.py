@@ -121,11 +121,11 @@ def _walk_images(folder: str) -> list[str]:
 def _gather_images(items: list[str]) -> tuple[list[str], int]:
     """Image sources from the command line; warns about items that match nothing; fails when none is left."""
     sources, missing = image_sources(items)
-    for item in missing:
-        _warn(f"skipped {item!r}: no such file, folder or glob match")
     if not sources:
         raise InputError(f"No images found in {', '.join(map(repr, items))}: give image files, folders, globs "
                          "or http(s) URLs.")
+    for item in missing:
+        _warn(f"skipped {item!r}: no such file, folder or glob match")
     return sources, len(missing)
 
 
