@@ -18,7 +18,6 @@ OPEN_CLIP_GELU = dict(embed_dim=24, quick_gelu=False,
                       vision_cfg=dict(layers=2, width=96, head_width=32, patch_size=8, image_size=32, mlp_ratio=2.6),
                       text_cfg=dict(context_length=16, vocab_size=100, width=44, heads=4, layers=2, mlp_ratio=1.12))
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
-EOS = 99  # the largest id of the tiny vocabularies, as <|endoftext|> is in OpenAI's
 
 
 def build(model_cfg: dict, seed: int = 0) -> torch.nn.Module:
@@ -35,7 +34,8 @@ def build(model_cfg: dict, seed: int = 0) -> torch.nn.Module:
 
 
 def inputs(vocab_size: int = 100, pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pixels and right-padded ids ending in EOS (the largest id), padded as open_clip's tokenizer does."""
+    """Pixels and right-padded ids ending in an EOS that is the largest id (as <|endoftext|> is in OpenAI's vocab),
+    padded as open_clip's tokenizer does: OpenAI/open_clip's argmax pooling and transformers' agree on them."""
     torch.manual_seed(1)
     pixels = torch.randn(3, 3, 32, 32)
     ids = torch.randint(1, 90, (4, 16))

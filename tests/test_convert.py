@@ -23,7 +23,7 @@ import clipfast
 from clipfast import convert as cv
 from clipfast.cli import main
 from clipfast.errors import CheckpointError
-from openclip_fixtures import (EOS, IMAGENET, OPEN_CLIP_GELU, OPENAI_LIKE, build, clipfast_outputs, inputs,
+from openclip_fixtures import (IMAGENET, OPEN_CLIP_GELU, OPENAI_LIKE, build, clipfast_outputs, inputs,
                                reference, save_open_clip_folder, save_torchscript)
 
 open_clip = pytest.importorskip("open_clip")
@@ -187,8 +187,10 @@ def test_convert_to_hf_loads_in_transformers_and_clipfast(openai_model, gelu_mod
     tokenizer = transformers.CLIPTokenizerFast.from_pretrained(tmp_path / "hf")
     assert tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
     # the converted folder round-trips through clipfast.load with its tokenizer and processor
-    _, ours_tok, ours_proc = clipfast.load(tmp_path / "hf")
-    assert ours_tok.model_max_length == 16 and ours_proc.image_mean == processor.image_mean
+    for source in (tmp_path / "hf", tmp_path / "hf" / "model.safetensors"):
+        model, ours_tok, ours_proc = clipfast.load(source)
+        assert ours_tok.model_max_length == 16 and ours_proc.image_mean == processor.image_mean
+        assert_same(clipfast_outputs(model, pixels, ids), expected)
 
 
 def test_round_trip_to_openai_loads_in_open_clip(openai_model, tmp_path):
@@ -217,7 +219,8 @@ def test_round_trip_to_open_clip_loads_in_open_clip(gelu_model, tmp_path):
     pixels, ids = inputs()
     assert_same(reference(rebuilt.eval(), pixels, ids), reference(gelu_model, pixels, ids))
     written = json.loads((tmp_path / "back" / "open_clip_config.json").read_text())
-    assert written["preprocess_cfg"]["resize_mode"] == "squash" and written["preprocess_cfg"]["mean"] == IMAGENET["mean"]
+    preprocess = written["preprocess_cfg"]
+    assert preprocess["resize_mode"] == "squash" and preprocess["mean"] == IMAGENET["mean"]
     assert not written["model_cfg"]["quick_gelu"]
 
 

@@ -14,7 +14,7 @@ the storage types and TorchScript's module records, and refuses every other glob
 Example:
     >>> import clipfast
     >>> model, tokenizer, image_processor = clipfast.load("ViT-B-32.pt")            # doctest: +SKIP
-    >>> model, tokenizer, image_processor = clipfast.load("hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K")  # doctest: +SKIP
+    >>> clip = clipfast.load("hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K")            # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -186,8 +186,12 @@ def hf_to_openai(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     """Our keys -> OpenAI / open_clip keys (q/k/v packed back, projections transposed)."""
     text_layers = _layer_count(state_dict, "text_model.encoder.layers.")
     vision_layers = _layer_count(state_dict, "vision_model.encoder.layers.")
+    names = _key_map(text_layers, vision_layers)
+    missing = sorted(set(names.values()) - set(state_dict))
+    if missing:
+        raise CheckpointError(f"Not a full CLIPModel checkpoint: it lacks {missing[:8]}.")
     out = {}
-    for openai, ours in _key_map(text_layers, vision_layers).items():
+    for openai, ours in names.items():
         tensor = state_dict[ours]
         out[openai] = tensor.t().contiguous() if openai in _TRANSPOSED else tensor
     for (tower, our_tower), layers in zip(_TOWERS, (text_layers, vision_layers)):
@@ -701,6 +705,9 @@ def _config_beside(path: str) -> dict[str, Any] | None:
 # loading
 
 
+_HUB_KWARGS = ("subfolder", "revision", "cache_dir", "local_files_only", "token")
+
+
 class LoadedCLIP(NamedTuple):
     """What :func:`load` returns; unpack it as ``model, tokenizer, image_processor = clipfast.load(...)``."""
 
@@ -725,15 +732,20 @@ def load(name_or_path: str | os.PathLike, *, open_clip_config: dict[str, Any] | 
     """
     from clipfast.image_processing import CLIPImageProcessor
     from clipfast.modeling import CLIPModel
+    from clipfast.tokenization_fast import CLIPTokenizerFast
 
-    hub_kwargs = {k: kwargs[k] for k in ("subfolder", "revision", "cache_dir", "local_files_only", "token")
-                  if k in kwargs}
-    ckpt = read_checkpoint(name_or_path, open_clip_config, **hub_kwargs)
-    model = build_model(CLIPModel, ckpt, **kwargs)
-    if ckpt.format == "hf":
-        return LoadedCLIP(model, _optional(ckpt.tokenizer), _optional(
-            lambda: CLIPImageProcessor.from_dict(ckpt.image_processor) if ckpt.image_processor else None))
-    return LoadedCLIP(model, ckpt.tokenizer(), CLIPImageProcessor.from_dict(ckpt.image_processor_config()))
+    hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
+    if open_clip_config is not None or is_foreign(name_or_path, **hub_kwargs):
+        ckpt = read_checkpoint(name_or_path, open_clip_config, **hub_kwargs)
+        model = build_model(CLIPModel, ckpt, **kwargs)
+        if ckpt.format == "hf":  # a transformers weights file, its other files beside it
+            name_or_path, hub_kwargs = ckpt.source, {}
+        else:
+            return LoadedCLIP(model, ckpt.tokenizer(), CLIPImageProcessor.from_dict(ckpt.image_processor_config()))
+    else:
+        model = CLIPModel.from_pretrained(name_or_path, **kwargs)
+    return LoadedCLIP(model, _optional(lambda: CLIPTokenizerFast.from_pretrained(name_or_path, **hub_kwargs)),
+                      _optional(lambda: CLIPImageProcessor.from_pretrained(name_or_path, **hub_kwargs)))
 
 
 def _optional(make: Any) -> Any:
@@ -749,8 +761,7 @@ def from_pretrained(cls: type, name_or_path: str | os.PathLike, *model_args: Any
     """``cls.from_pretrained`` for the sources :func:`is_foreign` accepts (single files, open_clip layouts)."""
     if model_args:
         raise TypeError(f"{cls.__name__}.from_pretrained takes no extra positional arguments; got {model_args!r}.")
-    hub_kwargs = {k: kwargs[k] for k in ("subfolder", "revision", "cache_dir", "local_files_only", "token")
-                  if k in kwargs}
+    hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
     return build_model(cls, read_checkpoint(name_or_path, open_clip_config, **hub_kwargs), **kwargs)
 
 
@@ -761,13 +772,14 @@ def build_model(cls: type, ckpt: Checkpoint, *, config: Any = None, torch_dtype:
     """A model of class ``cls`` holding a checkpoint read into memory, with ``from_pretrained``'s options."""
     from clipfast import loading
 
-    for name in (*loading._IGNORED_KWARGS, "subfolder", "revision", "cache_dir", "local_files_only", "token",
-                 "variant"):
+    for name in (*loading._IGNORED_KWARGS, *_HUB_KWARGS, "variant"):
         kwargs.pop(name, None)
     if config is None:
         full = ckpt.config.to_dict()
         data = cls.config_class._select(full, ckpt.source)
-        config = cls.config_class.from_dict(data if data is full else {**data, "projection_dim": full["projection_dim"]})
+        if data is not full:  # a tower with projection: its projection is the composite's
+            data = {**data, "projection_dim": full["projection_dim"]}
+        config = cls.config_class.from_dict(data)
     elif not isinstance(config, cls.config_class):
         raise TypeError(f"config must be a {cls.config_class.__name__}, got {type(config).__name__}.")
     loading._apply_config_kwargs(config, kwargs)
