@@ -536,6 +536,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = getattr(args, "debug", False) or os.environ.get(DEBUG_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
     if not debug:
         warnings.formatwarning = _format_warning  # library warnings as one line, like our own
+        os.environ.setdefault("HF_HUB_VERBOSITY", "error")  # no multi-line retry logs before our one-line error
     try:
         return args.func(args)
     except KeyboardInterrupt:
