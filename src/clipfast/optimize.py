@@ -1,0 +1,150 @@
+"""Opt-in speed-ups for inference, each trading something (exactness, memory or start-up time) for speed.
+
+None of these runs by default; ``benchmarks/bench_optimize.py`` measures what each buys and costs:
+
+- :func:`quantize_int8`: dynamic int8 quantisation of every ``nn.Linear`` (CPU only; embeddings move slightly).
+- :func:`cpu_bf16_as_fp32`: a bfloat16 model that keeps its bf16 weights but computes in float32, for CPUs
+  without native bf16 (no AVX512-BF16 / AMX), where bf16 matmuls are two orders of magnitude slower than fp32.
+- :func:`compile`: ``torch.compile`` of the encoders (costs tens of seconds on the first call of each shape).
+
+Each function changes the model in place and returns it, so calls chain:
+
+    >>> from clipfast import CLIPModel                                    # doctest: +SKIP
+    >>> from clipfast.optimize import quantize_int8                       # doctest: +SKIP
+    >>> model = quantize_int8(CLIPModel.from_pretrained("openai/clip-vit-base-patch32"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["quantize_int8", "cpu_has_native_bf16", "cpu_bf16_as_fp32", "UpcastLinear", "compile"]
+
+
+def quantize_int8(model: nn.Module, per_channel: bool = True) -> nn.Module:
+    """Replace every ``nn.Linear`` by a dynamically quantised int8 one (weights int8, activations quantised per call).
+
+    CPU inference only: the quantised layers run on the fbgemm/x86 or qnnpack engines. ``per_channel=True`` keeps
+    one scale per output row, which keeps the embeddings much closer to float32 than one scale per matrix, at
+    about the same speed. The patch embedding (a Conv2d), embeddings and LayerNorms stay float32.
+
+    Example:
+        >>> model = quantize_int8(model.eval())                            # doctest: +SKIP
+    """
+    if any(p.device.type != "cpu" for p in model.parameters()):
+        raise ValueError("quantize_int8 runs on CPU only; call model.to('cpu') first (on GPU, use bfloat16).")
+    if any(p.dtype != torch.float32 for p in model.parameters() if p.is_floating_point()):
+        raise ValueError("quantize_int8 needs a float32 model; call model.float() first.")
+    from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
+
+    qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
+    with warnings.catch_warnings():
+        # torch >= 2.9 flags torch.ao.quantization as deprecated in favour of torchao, an extra download;
+        # the eager dynamic path still works and is what this opt-in uses
+        warnings.filterwarnings("ignore", message=r"torch\.(ao\.quantization|quantize_per)")
+        return quantize_dynamic(model.eval(), {nn.Linear: qconfig}, dtype=torch.qint8, inplace=True)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (AVX512-BF16 or AMX), as oneDNN reports it.
+
+    Without it (e.g. AVX2-only CPUs), PyTorch's bf16 matmul falls back to a scalar path under 1 GFLOP/s.
+    """
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    if check is None or not torch.backends.mkldnn.is_available():
+        return False
+    return bool(check())
+
+
+class UpcastLinear(nn.Module):
+    """A Linear whose stored weight stays in its low-precision dtype but multiplies in float32.
+
+    With ``cache=True`` a float32 copy of the weight is kept beside it (faster, but three times the bf16 memory);
+    otherwise the weight is upcast on every call. The parameters keep the names ``weight`` and ``bias``, so
+    ``state_dict()`` is unchanged.
+    """
+
+    def __init__(self, linear: nn.Linear, cache: bool = False) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = linear.weight
+        self.bias = linear.bias
+        self.register_buffer("weight_fp32", linear.weight.detach().float() if cache else None, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight_fp32 if self.weight_fp32 is not None else self.weight.float()
+        bias = self.bias.float() if self.bias is not None else None
+        return F.linear(x.float(), weight, bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, stored={self.weight.dtype}"
+
+
+def _upcast_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Forward pre-hook: floating tensor arguments to float32 (pixel_values cast to the model's bf16 dtype)."""
+    return tuple(a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+
+
+def cpu_bf16_as_fp32(model: nn.Module, cache: bool = False) -> nn.Module:
+    """Make a bfloat16/float16 model compute in float32 while its Linear weights stay in 16 bits.
+
+    For CPUs without native bf16 (see :func:`cpu_has_native_bf16`), where a bf16 model is several times slower
+    than float32. Every ``nn.Linear`` becomes an :class:`UpcastLinear`; the small remaining parameters (patch
+    convolution, LayerNorms, position and class embeddings, logit scale) become float32, and the token
+    embedding stays 16-bit (a lookup costs nothing to upcast). Outputs are float32. The results equal a float32
+    model that holds the bf16-rounded weights, up to float32 rounding.
+
+    Example:
+        >>> model = CLIPModel.from_pretrained(path, torch_dtype=torch.bfloat16)   # doctest: +SKIP
+        >>> if not cpu_has_native_bf16():                                        # doctest: +SKIP
+        ...     model = cpu_bf16_as_fp32(model)
+    """
+    for module in list(model.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, nn.Linear):
+                setattr(module, child_name, UpcastLinear(child, cache=cache))
+    token_table = _token_embedding(model)
+    for module in model.modules():
+        if isinstance(module, UpcastLinear) or module is token_table:
+            continue
+        if isinstance(module, nn.Conv2d):
+            module.register_forward_pre_hook(_upcast_input)
+        for param in module.parameters(recurse=False):
+            if param.is_floating_point():
+                param.data = param.data.float()
+    return model
+
+
+def _token_embedding(model: nn.Module) -> nn.Module | None:
+    """The text token table, kept 16-bit: the largest non-Linear tensor, and a lookup reads only a few rows."""
+    get = getattr(model, "get_input_embeddings", None)
+    try:
+        table = get() if get is not None else None
+    except NotImplementedError:  # CLIPPreTrainedModel subclasses without a single input embedding
+        return None
+    return table if isinstance(table, nn.Embedding) else None
+
+
+def compile(model: nn.Module, **kwargs: Any) -> nn.Module:
+    """``torch.compile`` every transformer encoder of the model in place (state_dict keys unchanged).
+
+    The encoders hold nearly all the compute, and both ``forward`` and ``get_text_features`` /
+    ``get_image_features`` go through them. ``kwargs`` go to ``torch.compile`` (``mode=``, ``dynamic=``, ...).
+    Compilation happens on the first call of each input shape and takes tens of seconds on CPU.
+
+    Example:
+        >>> model = compile(model, dynamic=True)                           # doctest: +SKIP
+    """
+    from clipfast.modeling import CLIPEncoder
+
+    encoders = [m for m in model.modules() if isinstance(m, CLIPEncoder)]
+    if not encoders:
+        raise ValueError(f"{type(model).__name__} has no CLIPEncoder to compile; pass a clipfast CLIP model.")
+    for encoder in encoders:
+        encoder.compile(**kwargs)
+    return model

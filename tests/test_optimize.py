@@ -1,0 +1,110 @@
+"""clipfast.optimize on tiny models: outputs stay close to float32, the API and state_dict keys are unchanged."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from clipfast import CLIPConfig, CLIPModel, CLIPVisionModelWithProjection
+from clipfast.optimize import UpcastLinear, compile, cpu_bf16_as_fp32, cpu_has_native_bf16, quantize_int8
+
+# wide enough (64) that int8 rounding averages out, small enough to run in milliseconds
+TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
+
+
+@pytest.fixture
+def model() -> CLIPModel:
+    config = CLIPConfig(text_config=dict(TINY, vocab_size=99), vision_config=dict(TINY, image_size=32, patch_size=8),
+                        projection_dim=32)
+    return CLIPModel(config).eval()
+
+
+@pytest.fixture
+def inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.randint(0, 98, (3, 9))
+    ids[:, -1] = 98  # eos_token_id of the tiny config's vocab is its largest id
+    return torch.rand(3, 3, 32, 32), ids
+
+
+def _embeddings(model: nn.Module, pixels: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.inference_mode():
+        return model.get_image_features(pixel_values=pixels), model.get_text_features(input_ids=ids)
+
+
+def _min_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.cosine_similarity(a.float(), b.float(), dim=-1).min())
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_quantize_int8_close_to_fp32(model, inputs, per_channel):
+    image, text = _embeddings(model, *inputs)
+    quantized = quantize_int8(copy.deepcopy(model), per_channel=per_channel)
+    linears = [m for m in quantized.modules() if type(m) is nn.Linear]
+    assert not linears, "every nn.Linear should be replaced by a quantized one"
+    q_image, q_text = _embeddings(quantized, *inputs)
+    assert q_image.shape == image.shape and q_image.dtype == torch.float32
+    # random tiny weights are harder on int8 than trained full-size ones (benchmarks report the real figure)
+    assert _min_cosine(q_image, image) > 0.98
+    assert _min_cosine(q_text, text) > 0.98
+
+
+def test_quantize_int8_refuses_non_fp32(model):
+    with pytest.raises(ValueError, match="float32"):
+        quantize_int8(model.to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_cpu_bf16_as_fp32_matches_fp32_with_rounded_weights(model, inputs, cache):
+    pixels, ids = inputs
+    pixels = pixels.to(torch.bfloat16)  # callers cast pixel_values to the model's dtype
+    rounded = copy.deepcopy(model).to(torch.bfloat16).float()  # float32 compute on bf16-rounded weights
+    expected = _embeddings(rounded, pixels.float(), ids)
+    upcast = cpu_bf16_as_fp32(model.to(torch.bfloat16), cache=cache)
+    image, text = _embeddings(upcast, pixels, ids)
+    assert image.dtype == text.dtype == torch.float32
+    torch.testing.assert_close(image, expected[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(text, expected[1], rtol=1e-4, atol=1e-5)
+
+
+def test_cpu_bf16_as_fp32_keeps_weights_and_keys(model):
+    keys = set(model.state_dict())
+    upcast = cpu_bf16_as_fp32(model.to(torch.bfloat16))
+    assert set(upcast.state_dict()) == keys
+    layers = [m for m in upcast.modules() if isinstance(m, UpcastLinear)]
+    assert layers and all(m.weight.dtype == torch.bfloat16 for m in layers)
+    assert upcast.text_model.embeddings.token_embedding.weight.dtype == torch.bfloat16
+    assert not any(isinstance(m, nn.Linear) for m in upcast.modules())
+
+
+def test_cpu_bf16_as_fp32_forward_and_vision_only():
+    config = CLIPConfig(text_config=dict(TINY, vocab_size=99), vision_config=dict(TINY, image_size=32, patch_size=8),
+                       projection_dim=32).vision_config
+    vision = CLIPVisionModelWithProjection(config).eval().to(torch.bfloat16)
+    out = cpu_bf16_as_fp32(vision)(pixel_values=torch.rand(2, 3, 32, 32, dtype=torch.bfloat16))
+    assert out.image_embeds.shape == (2, config.projection_dim) and out.image_embeds.dtype == torch.float32
+
+
+def test_cpu_has_native_bf16_is_a_bool():
+    assert isinstance(cpu_has_native_bf16(), bool)
+
+
+def test_compile_refuses_foreign_models():
+    with pytest.raises(ValueError, match="CLIPEncoder"):
+        compile(nn.Linear(2, 2))
+
+
+# torch.compile of even a tiny model takes about 30 s on a 2-core CPU (inductor starts a C++ toolchain), too slow
+# for the default run; CLIPFAST_SLOW_TESTS=1 runs it
+@pytest.mark.skipif(not os.environ.get("CLIPFAST_SLOW_TESTS"), reason="torch.compile takes ~30 s; CLIPFAST_SLOW_TESTS=1")
+def test_compile_same_outputs_and_keys(model, inputs):
+    image, text = _embeddings(model, *inputs)
+    keys = set(model.state_dict())
+    compiled = compile(copy.deepcopy(model))
+    c_image, c_text = _embeddings(compiled, *inputs)
+    assert set(compiled.state_dict()) == keys
+    torch.testing.assert_close(c_image, image, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(c_text, text, rtol=1e-4, atol=1e-5)
