@@ -266,7 +266,7 @@ def _embed_into(writer: Any, clip: Any, todo: list[str], kind: str, batch_size: 
         if kind == "text":
             for start in range(0, len(todo), batch_size):
                 chunk = todo[start:start + batch_size]
-                writer.append(chunk, _text_embeddings(clip, chunk).float().cpu().numpy())
+                writer.append(chunk, clip.text_embeddings(chunk).float().cpu().numpy())
                 bar.update(len(chunk))
             return 0
         for loaded, bad in _loaded_chunks(todo, batch_size):
@@ -276,17 +276,6 @@ def _embed_into(writer: Any, clip: Any, todo: list[str], kind: str, batch_size: 
                 writer.append([source for source, _ in loaded], vectors.float().cpu().numpy())
             bar.update(len(loaded) + bad)
     return skipped
-
-
-def _text_embeddings(clip: Any, texts: list[str]) -> Any:
-    """Normalised text embeddings, truncating texts longer than the model's context (77 tokens) instead of
-    failing, so one long line cannot stop a run."""
-    import torch
-
-    tokens = clip.tokenizer(texts, padding=True, truncation=True, return_tensors="pt").to(clip.device)
-    with torch.inference_mode():
-        embeds = clip.model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
-    return embeds / embeds.norm(p=2, dim=-1, keepdim=True)
 
 
 def _texts(args: argparse.Namespace) -> list[str] | None:
@@ -347,7 +336,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
         query = clip.image_embeddings([load_image(args.image)])
     else:
-        query = _text_embeddings(clip, [args.query])
+        query = clip.text_embeddings([args.query])
     query = query.float().cpu().numpy()[0]
     if query.shape[0] != index.vectors.shape[1]:
         raise InputError(f"The query embedding has {query.shape[0]} dimensions but the index has "
@@ -534,6 +523,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("clipfast: error: a command is required (see clipfast --help)", file=sys.stderr)
         return 2
     debug = getattr(args, "debug", False) or os.environ.get(DEBUG_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+    previous_format = warnings.formatwarning
     if not debug:
         warnings.formatwarning = _format_warning  # library warnings as one line, like our own
         os.environ.setdefault("HF_HUB_VERBOSITY", "error")  # no multi-line retry logs before our one-line error
@@ -547,3 +537,5 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"clipfast: error: {_one_line(exc)}", file=sys.stderr)
         return 1
+    finally:
+        warnings.formatwarning = previous_format  # main() may run inside a larger program (or pytest)

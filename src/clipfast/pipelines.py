@@ -125,7 +125,8 @@ class ZeroShotImageClassificationPipeline:
     @torch.inference_mode()
     def text_embeddings(self, texts: list[str]) -> torch.Tensor:
         """L2-normalised text embeddings (len(texts), E) in the model's dtype."""
-        tokens = self.tokenizer(texts, padding=True, return_tensors="pt").to(self.device)
+        # truncation keeps EOS: a label longer than 77 tokens is cut instead of failing the whole call
+        tokens = self.tokenizer(texts, padding=True, truncation=True, return_tensors="pt").to(self.device)
         embeds = self.model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
         return embeds / embeds.norm(p=2, dim=-1, keepdim=True)
 
