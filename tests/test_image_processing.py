@@ -281,3 +281,14 @@ def test_fast_on_cuda_matches(photos, ref):
     got = CLIPImageProcessorFast()(photos, return_tensors="pt", device="cuda").pixel_values
     assert got.device.type == "cuda"
     assert _max_diff(got.cpu(), expected) <= ONE_LEVEL
+
+
+def test_torch_resampler_equals_pillow_lane(photos):
+    """On the CPU, PIL inputs resize with Pillow on threads; arrays (and every CUDA input) use the torch
+    reproduction of Pillow's resampler. Both must give identical pixels on every photo size."""
+    fast = CLIPImageProcessorFast()
+    for photo in photos:
+        rgb = np.asarray(photo.convert("RGB"))
+        via_pillow = fast(photo, return_tensors="pt").pixel_values
+        via_torch = fast(torch.from_numpy(rgb.transpose(2, 0, 1).copy()), return_tensors="pt").pixel_values
+        assert torch.equal(via_pillow, via_torch), photo.size

@@ -591,25 +591,28 @@ class CLIPImageProcessor(_CLIPImageProcessorBase):
         them and 4-D batches. ``return_tensors`` is ``"pt"``, ``"np"`` or None (a list of arrays).
         """
         opts = self._options(kwargs)
-        images = _flatten_images(images)
-        if opts["do_convert_rgb"]:
-            images = [_convert_rgb(image) for image in images]
-        fmt = _channel_format(_shape_of(images[0]), opts["input_data_format"])
-        first = images[0] if isinstance(images[0], np.ndarray) else None
-        if opts["do_rescale"] and first is not None and first.dtype != np.uint8 and first.min() >= 0 \
-                and first.max() <= 1:
-            logger.warning("It looks like you are trying to rescale already rescaled images (values in [0, 1]). "
-                           "Set do_rescale=False to avoid rescaling them again.")
-        tables: dict[tuple[int, bool], np.ndarray | None] = {}
-        for channels in {_channels_of(image, fmt) for image in images}:
-            for unscale in (False, True):
-                tables[(channels, unscale)] = _lookup_table(channels, opts, unscale)
-        work = functools.partial(_process_one, fmt=fmt, opts=opts, tables=tables)
-        if len(images) > 1 and (os.cpu_count() or 1) > 1:
-            processed = list(_thread_pool().map(work, images))
-        else:
-            processed = [work(image) for image in images]
+        processed = _pillow_pipeline(_flatten_images(images), opts)
         return BatchFeature({"pixel_values": processed}, tensor_type=opts["return_tensors"])
+
+
+def _pillow_pipeline(images: list[Any], opts: dict[str, Any]) -> list[np.ndarray]:
+    """The exact PIL/NumPy path for a list of images, spread over the thread pool."""
+    if opts["do_convert_rgb"]:
+        images = [_convert_rgb(image) for image in images]
+    fmt = _channel_format(_shape_of(images[0]), opts["input_data_format"])
+    first = images[0] if isinstance(images[0], np.ndarray) else None
+    if opts["do_rescale"] and first is not None and first.dtype != np.uint8 and first.min() >= 0 \
+            and first.max() <= 1:
+        logger.warning("It looks like you are trying to rescale already rescaled images (values in [0, 1]). "
+                       "Set do_rescale=False to avoid rescaling them again.")
+    tables: dict[tuple[int, bool], np.ndarray | None] = {}
+    for channels in {_channels_of(image, fmt) for image in images}:
+        for unscale in (False, True):
+            tables[(channels, unscale)] = _lookup_table(channels, opts, unscale)
+    work = functools.partial(_process_one, fmt=fmt, opts=opts, tables=tables)
+    if len(images) > 1 and (os.cpu_count() or 1) > 1:
+        return list(_thread_pool().map(work, images))
+    return [work(image) for image in images]
 
 
 def _convert_rgb(image: Any) -> Any:
@@ -930,7 +933,16 @@ class CLIPImageProcessorFast(_CLIPImageProcessorBase):
         """
         opts = self._options(kwargs)
         opts["device"] = kwargs.get("device", self.device)
-        prepared = [_prepare_tensor(image, opts) for image in _flatten_images(images)]
+        images = _flatten_images(images)
+        if _pillow_lane(images, opts):
+            # on the CPU, Pillow's own SIMD resampler on a thread pool beats the same arithmetic in torch and
+            # gives identical pixels: run the exact path and hand back tensors
+            import torch
+
+            arrays = _pillow_pipeline(images, opts)
+            tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
+            return BatchFeature({"pixel_values": tensors}, tensor_type=opts["return_tensors"])
+        prepared = [_prepare_tensor(image, opts) for image in images]
         groups: dict[tuple, list[int]] = {}
         for index, (tensor, unscale) in enumerate(prepared):
             groups.setdefault((tuple(tensor.shape), tensor.dtype, unscale), []).append(index)
@@ -941,6 +953,15 @@ class CLIPImageProcessorFast(_CLIPImageProcessorBase):
             for position, index in enumerate(indices):
                 outputs[index] = result[position]
         return BatchFeature({"pixel_values": outputs}, tensor_type=opts["return_tensors"])
+
+
+def _pillow_lane(images: list[Any], opts: dict[str, Any]) -> bool:
+    """Whether to resize with Pillow on threads: PIL inputs, a CPU target, and a resize to do."""
+    from PIL import Image
+
+    device = opts["device"]
+    on_cpu = device is None or str(device).split(":")[0] == "cpu"
+    return on_cpu and opts["do_resize"] and all(isinstance(image, Image.Image) for image in images)
 
 
 def _prepare_tensor(image: Any, opts: dict[str, Any]) -> tuple["torch.Tensor", bool]:
