@@ -102,7 +102,11 @@ class PretrainedConfig:
 
     @_attn_implementation.setter
     def _attn_implementation(self, value: str | None) -> None:
+        # the choice applies to sub-configs too (both towers of a CLIPConfig), as in transformers
         self._attn_implementation_value = value
+        for sub in vars(self).values():
+            if isinstance(sub, PretrainedConfig):
+                sub._attn_implementation = value
 
     # -- dict / JSON --------------------------------------------------------------------------------------------
 
@@ -309,18 +313,6 @@ class CLIPConfig(PretrainedConfig):
                                  **kwargs: Any) -> CLIPConfig:
         """Build a CLIPConfig from a text and a vision config (transformers 4.x API)."""
         return cls(text_config=text_config.to_dict(), vision_config=vision_config.to_dict(), **kwargs)
-
-    @property
-    def _attn_implementation(self) -> str:
-        return self._attn_implementation_value or "sdpa"
-
-    @_attn_implementation.setter
-    def _attn_implementation(self, value: str | None) -> None:
-        # the choice applies to both towers, as in transformers
-        self._attn_implementation_value = value
-        for sub in (getattr(self, "text_config", None), getattr(self, "vision_config", None)):
-            if sub is not None:
-                sub._attn_implementation = value
 
 
 def _merge_legacy(config: dict | PretrainedConfig | None, legacy: dict | None) -> dict | PretrainedConfig | None:

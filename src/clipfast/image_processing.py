@@ -37,7 +37,7 @@ import threading
 import warnings
 from collections import UserDict
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -203,8 +203,6 @@ def _is_image(obj: Any) -> bool:
 
 def _flatten_images(images: Any) -> list[Any]:
     """One flat list of 3-D images from a single image, a list, a nested list or a 4-D batch."""
-    from PIL import Image
-
     if isinstance(images, (list, tuple)):
         if not images:
             raise InputError("Got an empty list of images; pass at least one image.")
@@ -644,8 +642,6 @@ def _channels_of(image: Any, fmt: str) -> int:
 
 def _process_one(image: Any, fmt: str, opts: dict[str, Any], tables: dict) -> np.ndarray:
     """Resize, crop and normalise one image exactly as the reference does (see the module docstring)."""
-    from PIL import Image
-
     unscale = False
     if opts["do_resize"]:
         image, unscale = _resize_one(image, fmt, opts)

@@ -378,6 +378,18 @@ class TokenizerBase:
     is_fast = False
     pad_token_type_id = 0
 
+    @classmethod
+    def from_openai_vocab(cls, path: str | os.PathLike | None = None, **kwargs: Any) -> Any:
+        """The tokenizer of OpenAI's CLIP, from ``bpe_simple_vocab_16e6.txt.gz`` (the copy in clipfast by default).
+
+        Example:
+            >>> CLIPTokenizer.from_openai_vocab()("a photo of a cat").input_ids
+            [49406, 320, 1125, 539, 320, 2368, 49407]
+        """
+        vocab, merges = read_openai_vocab(path)
+        kwargs.setdefault("model_max_length", CLIP_MAX_LENGTH)
+        return cls(vocab=vocab, merges=merges, **kwargs)
+
     def _init_common(self, bos_token: Any, eos_token: Any, unk_token: Any, pad_token: Any,
                      kwargs: dict[str, Any]) -> None:
         """Store the settings every tokenizer has; unknown config keys are kept in ``init_kwargs``."""
@@ -974,18 +986,6 @@ class CLIPTokenizer(TokenizerBase):
                 self._register(content, int(index))
         self._add_tokens(self.all_special_tokens, special=True)
         self._reset_caches()
-
-    @classmethod
-    def from_openai_vocab(cls, path: str | os.PathLike | None = None, **kwargs: Any) -> CLIPTokenizer:
-        """The tokenizer of OpenAI's CLIP, from ``bpe_simple_vocab_16e6.txt.gz`` (the copy in clipfast by default).
-
-        Example:
-            >>> CLIPTokenizer.from_openai_vocab()("a photo of a cat").input_ids
-            [49406, 320, 1125, 539, 320, 2368, 49407]
-        """
-        vocab, merges = read_openai_vocab(path)
-        kwargs.setdefault("model_max_length", CLIP_MAX_LENGTH)
-        return cls(vocab=vocab, merges=merges, **kwargs)
 
     @classmethod
     def _from_files(cls, files: dict[str, str | None], init: dict[str, Any]) -> CLIPTokenizer:

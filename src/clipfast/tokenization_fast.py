@@ -19,7 +19,6 @@ from typing import Any
 from clipfast.errors import CheckpointError, InputError
 from clipfast.tokenization import (
     BOS_TOKEN,
-    CLIP_MAX_LENGTH,
     EOS_TOKEN,
     MERGES_NAME,
     NUM_MERGES,
@@ -30,7 +29,6 @@ from clipfast.tokenization import (
     TokenizerBase,
     _token_content,
     logger,
-    read_openai_vocab,
     read_tokenizer_json,
     read_vocab_files,
 )
@@ -122,18 +120,6 @@ class CLIPTokenizerFast(TokenizerBase):
         user_added = [c for _, c in sorted((added_tokens or {}).items()) if c and c not in known]
         self._add_tokens([c for c in user_added if c not in self.all_special_tokens], special=False)
         self._on_specials_changed()
-
-    @classmethod
-    def from_openai_vocab(cls, path: str | os.PathLike | None = None, **kwargs: Any) -> CLIPTokenizerFast:
-        """The tokenizer of OpenAI's CLIP, from ``bpe_simple_vocab_16e6.txt.gz`` (the copy in clipfast by default).
-
-        Example:
-            >>> CLIPTokenizerFast.from_openai_vocab()("a photo of a cat").input_ids
-            [49406, 320, 1125, 539, 320, 2368, 49407]
-        """
-        vocab, merges = read_openai_vocab(path)
-        kwargs.setdefault("model_max_length", CLIP_MAX_LENGTH)
-        return cls(vocab=vocab, merges=merges, **kwargs)
 
     @classmethod
     def _from_files(cls, files: dict[str, str | None], init: dict[str, Any]) -> CLIPTokenizerFast:
