@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
@@ -307,6 +308,14 @@ def test_hub_download_cache_and_offline(ref_folder, tmp_path):
     # server gone: offline mode serves from the cache
     offline = _run(code, {"HF_HOME": str(cache), "HF_HUB_OFFLINE": "1"})
     assert offline.returncode == 0, offline.stderr
+    # an unresolvable Hub (no network) without the offline flag: the cache is used at once, no retry loop
+    start = time.time()
+    unreachable = _run(code, {"HF_HOME": str(cache), "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://hub.invalid"})
+    assert unreachable.returncode == 0, unreachable.stderr
+    missing = _run('import clipfast; clipfast.CLIPModel.from_pretrained("tiny-org/other")',
+                   {"HF_HOME": str(cache), "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://hub.invalid"})
+    assert "Cannot reach the Hugging Face Hub" in missing.stderr
+    assert time.time() - start < 20  # huggingface_hub's own retries alone would take ~25 s per file
 
 
 def test_offline_and_not_cached_is_one_clear_error(tmp_path, monkeypatch):

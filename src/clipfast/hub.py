@@ -9,8 +9,11 @@ Weights are read without unpickling by default: safetensors first, then ``pytorc
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import socket
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -87,13 +90,17 @@ def _hub_download(repo_id: str, filename: str, *, subfolder: str, revision: str 
                   required: bool) -> str | None:
     """``hf_hub_download`` with every failure translated into a clear CheckpointError."""
     import huggingface_hub
+    from huggingface_hub import constants
     from huggingface_hub import errors as hub_errors
 
+    # without DNS for the Hub, huggingface_hub spends ~25 s in retries before falling back to its cache;
+    # a one-time lookup lets us go to the cache (or the clear error below) at once
+    reachable = local_files_only or _hub_resolvable(constants.ENDPOINT)
     try:
         return huggingface_hub.hf_hub_download(
             repo_id, filename, subfolder=subfolder or None, revision=revision,
             cache_dir=os.fspath(cache_dir) if cache_dir is not None else None,
-            local_files_only=local_files_only, token=token)
+            local_files_only=local_files_only or not reachable, token=token)
     except hub_errors.LocalEntryNotFoundError as exc:
         if not required and _cached_repo_exists(repo_id, cache_dir):
             return None
@@ -104,7 +111,7 @@ def _hub_download(repo_id: str, filename: str, *, subfolder: str, revision: str 
                 "local folder.") from exc
         raise OfflineError(
             f"Cannot reach the Hugging Face Hub to download {filename!r} of {repo_id!r}, and it is not cached. "
-            "Check your network, or pass a local folder.") from exc
+            "Check your network (or set HF_ENDPOINT for a mirror), or pass a local folder.") from exc
     except hub_errors.GatedRepoError as exc:
         raise CheckpointError(f"{repo_id!r} is gated: accept its terms on the Hub and pass token= "
                               "(or run `hf auth login`).") from exc
@@ -121,6 +128,19 @@ def _hub_download(repo_id: str, filename: str, *, subfolder: str, revision: str 
                               + (f" in subfolder {subfolder!r}" if subfolder else "") + ".") from exc
     except hub_errors.HfHubHTTPError as exc:
         raise CheckpointError(f"Downloading {filename!r} of {repo_id!r} failed: {exc}") from exc
+
+
+@functools.lru_cache(maxsize=4)
+def _hub_resolvable(endpoint: str) -> bool:
+    """Whether the Hub's host name resolves (checked once per process and endpoint)."""
+    host = urllib.parse.urlparse(endpoint).hostname
+    if not host:
+        return True
+    try:
+        socket.getaddrinfo(host, None)
+    except (socket.gaierror, UnicodeError, OSError):
+        return False
+    return True
 
 
 def _cached_repo_exists(repo_id: str, cache_dir: str | os.PathLike | None) -> bool:
