@@ -17,3 +17,8 @@ def test_transformers_style_module_paths():
     assert CLIPTextConfig is clipfast.CLIPTextConfig and CLIPImageProcessor is clipfast.CLIPImageProcessor
     assert CLIPProcessor is clipfast.CLIPProcessor and CLIPTokenizer is clipfast.CLIPTokenizer
     assert CLIPTokenizerFast is clipfast.CLIPTokenizerFast
+
+
+def test_every_public_name_resolves():
+    for name in clipfast.__all__:
+        assert getattr(clipfast, name) is not None, name

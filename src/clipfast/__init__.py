@@ -54,6 +54,7 @@ _EXPORTS: dict[str, str] = {
     "CLIPFeatureExtractor": "image_processing",
     "BatchFeature": "image_processing",
     "load_image": "image_io",
+    "load_images": "image_io",
     # processor, auto classes, pipeline
     "CLIPProcessor": "processing",
     "AutoConfig": "auto",
@@ -67,6 +68,11 @@ _EXPORTS: dict[str, str] = {
     "ZeroShotImageClassificationPipeline": "pipelines",
     # other checkpoint formats
     "load": "convert",
+    "LoadedCLIP": "convert",
+    # opt-in speedups (CPU)
+    "quantize_int8": "optimize",
+    "cpu_bf16_as_fp32": "optimize",
+    "cpu_has_native_bf16": "optimize",
     # errors
     "ClipfastError": "errors",
 }
