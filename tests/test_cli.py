@@ -245,3 +245,16 @@ def test_top_k_is_exact_across_blocks():
     expected = np.argsort(-(vectors @ query))[:7]
     assert [row for row, _ in top_k(vectors, query, 7, block=64)] == expected.tolist()
     assert len(top_k(vectors[:3], query, 10)) == 3
+
+
+def test_parquet_export_round_trips(workdir, runs, tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    from clipfast.index import write_parquet
+
+    assert runs["embed_texts"].returncode == 0, runs["embed_texts"].stderr
+    index = open_index(workdir / "txt.index")
+    write_parquet(index, tmp_path / "texts.parquet")
+    table = pq.read_table(tmp_path / "texts.parquet")
+    assert table.column("id").to_pylist() == index.ids
+    np.testing.assert_array_equal(np.array(table.column("embedding").to_pylist(), dtype=np.float32), index.vectors)
+    assert json.loads(table.schema.metadata[b"clipfast"])["kind"] == "text"
