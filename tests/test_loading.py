@@ -354,3 +354,19 @@ def test_import_and_run_without_torchvision(ref_folder):
 def test_import_is_cheap():
     result = _run("import sys, clipfast; print('torch' in sys.modules)", {})
     assert result.stdout.strip() == "False"
+
+
+def test_loading_leaves_torch_init_functions_alone(ref_folder):
+    """Building on the meta device silences torch.nn.init for the build only, even when the build fails."""
+    before = {name: getattr(torch.nn.init, name) for name in ("normal_", "uniform_", "kaiming_uniform_", "ones_")}
+    clipfast.CLIPModel.from_pretrained(ref_folder)
+    with pytest.raises(ValueError):
+        clipfast.CLIPModel.from_pretrained(ref_folder, attn_implementation="nonsense")
+    data = json.loads((ref_folder / "config.json").read_text())
+    data["text_config"]["num_attention_heads"] = 5  # 32 is not divisible by 5: the build itself raises
+    (ref_folder / "config.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="divisible"):
+        clipfast.CLIPModel.from_pretrained(ref_folder)
+    assert {name: getattr(torch.nn.init, name) for name in before} == before
+    fresh = torch.nn.Linear(4, 4)
+    assert fresh.weight.abs().sum() > 0  # initialised as usual afterwards

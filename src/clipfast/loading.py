@@ -20,7 +20,7 @@ from clipfast.configuration import PretrainedConfig
 from clipfast.errors import CheckpointError
 from clipfast.hub import load_weights, resolve_weights, save_weights
 from clipfast.modeling import (ATTN_IMPLEMENTATIONS, CLIPPreTrainedModel, CLIPTextEmbeddings,
-                               CLIPVisionEmbeddings)
+                               CLIPVisionEmbeddings, no_init_weights)
 
 logger = logging.getLogger("clipfast")
 
@@ -131,7 +131,7 @@ def from_pretrained(cls: type, pretrained_model_name_or_path: str | os.PathLike,
     if key_mapping:
         state_dict = _rename(state_dict, key_mapping)
     target_dtype = resolve_dtype(dtype if dtype is not None else torch_dtype, config, state_dict)
-    with torch.device("meta"):
+    with torch.device("meta"), no_init_weights():
         model = cls(config)
     state_dict = _match_prefix(state_dict, model)
     info = _assign(model, state_dict, target_dtype, ignore_mismatched_sizes, source)

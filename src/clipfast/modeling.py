@@ -11,6 +11,7 @@ Attention has one switch, ``config._attn_implementation``: "eager" (the readable
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from dataclasses import dataclass, fields
 from typing import Any, Callable
@@ -22,6 +23,28 @@ from torch import nn
 from clipfast.configuration import CLIPConfig, CLIPTextConfig, CLIPVisionConfig, PretrainedConfig
 
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
+_INIT_WEIGHTS = [True]  # switched off while loading builds a model on the meta device
+
+
+@contextlib.contextmanager
+def no_init_weights():
+    """Build models without initialising their weights (loading overwrites them anyway).
+
+    On the meta device, initialisation is pure waste: torch even imports its reference implementations of
+    ``normal_`` for it, which costs over a second of start-up.
+    """
+    names = ("normal_", "uniform_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_", "xavier_normal_",
+             "trunc_normal_", "constant_", "zeros_", "ones_")
+    saved = {name: getattr(nn.init, name) for name in names}
+    _INIT_WEIGHTS.append(False)
+    try:
+        for name in names:  # torch's own layers (Linear, Embedding, ...) initialise themselves in __init__
+            setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        _INIT_WEIGHTS.pop()
+        for name, fn in saved.items():
+            setattr(nn.init, name, fn)
 
 # ---------------------------------------------------------------------------------------------------------------
 # Outputs: dataclasses that also behave as ordered dicts and tuples (None fields are skipped), like transformers'.
@@ -235,6 +258,13 @@ def _causal_mask(batch: int, length: int, dtype: torch.dtype, device: torch.devi
 # Embeddings
 
 
+def _position_ids(length: int) -> torch.Tensor:
+    """``arange(length)`` as (1, length); on the CPU when models are built on the meta device for loading, where
+    arange would import torch's symbolic-shape machinery (a third of a second) for a buffer loading replaces."""
+    device = "cpu" if torch.get_default_device().type == "meta" else None
+    return torch.arange(length, device=device).expand((1, -1))
+
+
 class CLIPTextEmbeddings(nn.Module):
     """Token embedding plus learned absolute position embedding (no scaling, no norm)."""
 
@@ -243,8 +273,7 @@ class CLIPTextEmbeddings(nn.Module):
         self.config = config
         self.token_embedding = nn.Embedding(config.vocab_size, config.hidden_size)
         self.position_embedding = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.register_buffer("position_ids", torch.arange(config.max_position_embeddings).expand((1, -1)),
-                             persistent=False)
+        self.register_buffer("position_ids", _position_ids(config.max_position_embeddings), persistent=False)
 
     def forward(self, input_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                 inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
@@ -272,13 +301,13 @@ class CLIPVisionEmbeddings(nn.Module):
         self.embed_dim = config.hidden_size
         self.image_size = config.image_size
         self.patch_size = config.patch_size
-        self.class_embedding = nn.Parameter(torch.randn(self.embed_dim))
+        self.class_embedding = nn.Parameter(torch.empty(self.embed_dim))  # set by the init rules or the checkpoint
         self.patch_embedding = nn.Conv2d(config.num_channels, self.embed_dim, kernel_size=self.patch_size,
                                          stride=self.patch_size, bias=False)
         self.num_patches = (self.image_size // self.patch_size) ** 2
         self.num_positions = self.num_patches + 1
         self.position_embedding = nn.Embedding(self.num_positions, self.embed_dim)
-        self.register_buffer("position_ids", torch.arange(self.num_positions).expand((1, -1)), persistent=False)
+        self.register_buffer("position_ids", _position_ids(self.num_positions), persistent=False)
 
     def interpolate_pos_encoding(self, embeddings: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Position table resized (bicubic, no antialias) to the patch grid of a ``height`` x ``width`` input."""
@@ -589,7 +618,8 @@ class CLIPPreTrainedModel(nn.Module):
 
     def post_init(self) -> None:
         """Initialise every weight as the reference does (children first, so specific rules win)."""
-        self.apply(self._init_weights)
+        if _INIT_WEIGHTS[-1]:
+            self.apply(self._init_weights)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
