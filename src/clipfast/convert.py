@@ -765,37 +765,15 @@ def from_pretrained(cls: type, name_or_path: str | os.PathLike, *model_args: Any
     return build_model(cls, read_checkpoint(name_or_path, open_clip_config, **hub_kwargs), **kwargs)
 
 
-def build_model(cls: type, ckpt: Checkpoint, *, config: Any = None, torch_dtype: Any = None, dtype: Any = None,
-                attn_implementation: str | None = None, device_map: Any = None, output_loading_info: bool = False,
-                ignore_mismatched_sizes: bool = False, key_mapping: dict[str, str] | None = None,
-                **kwargs: Any) -> Any:
+def build_model(cls: type, ckpt: Checkpoint, *, config: Any = None, **kwargs: Any) -> Any:
     """A model of class ``cls`` holding a checkpoint read into memory, with ``from_pretrained``'s options."""
     from clipfast import loading
 
-    for name in (*loading._IGNORED_KWARGS, *_HUB_KWARGS, "variant"):
+    for name in (*_HUB_KWARGS, "variant"):
         kwargs.pop(name, None)
     if config is None:
-        full = ckpt.config.to_dict()
-        data = cls.config_class._select(full, ckpt.source)
-        if data is not full:  # a tower with projection: its projection is the composite's
-            data = {**data, "projection_dim": full["projection_dim"]}
-        config = cls.config_class.from_dict(data)
-    elif not isinstance(config, cls.config_class):
-        raise TypeError(f"config must be a {cls.config_class.__name__}, got {type(config).__name__}.")
-    loading._apply_config_kwargs(config, kwargs)
-    config._attn_implementation = loading.check_attn_implementation(attn_implementation
-                                                                    or config._attn_implementation_value)
-    config._name_or_path = ckpt.source
-    state_dict = loading._rename(ckpt.state_dict, key_mapping) if key_mapping else ckpt.state_dict
-    target_dtype = loading.resolve_dtype(dtype if dtype is not None else torch_dtype, config, state_dict)
-    with torch.device("meta"):
-        model = cls(config)
-    state_dict = loading._match_prefix(state_dict, model)
-    info = loading._assign(model, state_dict, target_dtype, ignore_mismatched_sizes, ckpt.source)
-    loading._report(model, ckpt.source, info)
-    model.name_or_path = ckpt.source
-    model = model.to(loading._device(device_map)).eval()
-    return (model, info) if output_loading_info else model
+        config = loading.config_from_dict(cls, ckpt.config.to_dict(), ckpt.source)
+    return loading.load_state_into(cls, config, ckpt.state_dict, ckpt.source, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -108,26 +108,40 @@ def from_pretrained(cls: type, pretrained_model_name_or_path: str | os.PathLike,
             cache_dir=cache_dir, local_files_only=local_files_only, token=token, torch_dtype=torch_dtype, dtype=dtype,
             attn_implementation=attn_implementation, device_map=device_map, output_loading_info=output_loading_info,
             ignore_mismatched_sizes=ignore_mismatched_sizes, key_mapping=key_mapping, **kwargs)
-    for name in _IGNORED_KWARGS:
-        kwargs.pop(name, None)
     source = os.fspath(pretrained_model_name_or_path)
     hub = dict(subfolder=subfolder, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
                token=token)
     if config is None:
-        full = cls.config_class.get_config_dict(source, **hub)
-        data = cls.config_class._select(full, source)
-        if data is not full and "projection_dim" in full:
-            # a tower with projection taken out of a CLIPModel checkpoint: the projection there is the
-            # composite's projection_dim (sub-configs of some checkpoints carry a stale default)
-            data = {**data, "projection_dim": full["projection_dim"]}
-        config = cls.config_class.from_dict(data)
-    elif not isinstance(config, cls.config_class):
+        config = config_from_dict(cls, cls.config_class.get_config_dict(source, **hub), source)
+    state_dict = load_weights(resolve_weights(source, variant=variant, **hub))
+    return load_state_into(cls, config, state_dict, source, torch_dtype=torch_dtype, dtype=dtype,
+                           attn_implementation=attn_implementation, device_map=device_map,
+                           output_loading_info=output_loading_info, ignore_mismatched_sizes=ignore_mismatched_sizes,
+                           key_mapping=key_mapping, **kwargs)
+
+
+def config_from_dict(cls: type, full: dict[str, Any], source: str) -> PretrainedConfig:
+    """The config ``cls`` needs out of a checkpoint's config dict (a tower's sub-config out of a CLIPConfig)."""
+    data = cls.config_class._select(full, source)
+    if data is not full and "projection_dim" in full:
+        # a tower with projection taken out of a CLIPModel checkpoint: the projection there is the
+        # composite's projection_dim (sub-configs of some checkpoints carry a stale default)
+        data = {**data, "projection_dim": full["projection_dim"]}
+    return cls.config_class.from_dict(data)
+
+
+def load_state_into(cls: type, config: PretrainedConfig, state_dict: dict[str, torch.Tensor], source: str, *,
+                    torch_dtype: Any = None, dtype: Any = None, attn_implementation: str | None = None,
+                    device_map: Any = None, output_loading_info: bool = False, ignore_mismatched_sizes: bool = False,
+                    key_mapping: dict[str, str] | None = None, **kwargs: Any) -> Any:
+    """Build ``cls`` on the meta device and put ``state_dict`` into it, with ``from_pretrained``'s options."""
+    for name in _IGNORED_KWARGS:
+        kwargs.pop(name, None)
+    if not isinstance(config, cls.config_class):
         raise TypeError(f"config must be a {cls.config_class.__name__}, got {type(config).__name__}.")
     _apply_config_kwargs(config, kwargs)
     config._attn_implementation = check_attn_implementation(attn_implementation or config._attn_implementation_value)
     config._name_or_path = source
-
-    state_dict = load_weights(resolve_weights(source, variant=variant, **hub))
     if key_mapping:
         state_dict = _rename(state_dict, key_mapping)
     target_dtype = resolve_dtype(dtype if dtype is not None else torch_dtype, config, state_dict)
