@@ -278,7 +278,10 @@ def test_text_features_fast_path_equals_full_forward(attn, text_inputs, tmp_path
     left_mask = long_mask.flip(1)  # left padding: not right-padded, so the full forward runs
     position_ids = torch.arange(long_ids.shape[1])[None]
     with torch.no_grad():
+        short_mask = long_mask.clone()
+        short_mask[0, 5:] = 0  # row 0's EOS (position 8) falls outside its mask
         for kwargs in (dict(attention_mask=long_mask), dict(), dict(attention_mask=left_mask),
+                       dict(attention_mask=short_mask),
                        dict(attention_mask=long_mask, position_ids=position_ids)):
             expected = ref.get_text_features(input_ids=long_ids, **kwargs)
             assert_same(expected, ours.get_text_features(input_ids=long_ids, **kwargs))

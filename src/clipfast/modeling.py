@@ -538,6 +538,10 @@ class CLIPTextTransformer(nn.Module):
         if position_ids is not None or (attention_mask is not None and not _is_right_padded(attention_mask)):
             return self.forward(input_ids, attention_mask, position_ids, False, False, True).pooler_output
         positions = self._eos_positions(input_ids)
+        if attention_mask is not None and not bool(attention_mask.gather(1, positions[:, None].to(
+                attention_mask.device)).all()):
+            # a pooled token outside its mask: only the full computation reproduces the reference there
+            return self.forward(input_ids, attention_mask, position_ids, False, False, True).pooler_output
         input_ids = input_ids[:, : int(positions.max()) + 1]  # (B, T'), T' <= T
         hidden_states = self.embeddings(input_ids=input_ids)
         batch, length = input_ids.shape
