@@ -168,6 +168,13 @@ ACT2FN: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
+def _quick_gelu_(x: torch.Tensor) -> torch.Tensor:
+    """``quick_gelu`` computed into ``x`` itself: the same operations and bits, two fewer large allocations."""
+    gate = torch.mul(x, 1.702)
+    gate.sigmoid_()
+    return x.mul_(gate)
+
+
 def _activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     if name not in ACT2FN:
         raise ValueError(f"hidden_act={name!r} is not supported; choose one of {sorted(ACT2FN)}.")
@@ -420,7 +427,11 @@ class CLIPMLP(nn.Module):
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.activation_fn(self.fc1(hidden_states)))
+        hidden_states = self.fc1(hidden_states)  # (B, T, intermediate): a fresh tensor only this method holds
+        if self.activation_fn is quick_gelu and not (torch.is_grad_enabled() and hidden_states.requires_grad):
+            # inference: the widest activation of the model is computed in place (about 5% of a forward)
+            return self.fc2(_quick_gelu_(hidden_states))
+        return self.fc2(self.activation_fn(hidden_states))
 
 
 class CLIPEncoderLayer(nn.Module):
