@@ -285,3 +285,32 @@ def test_text_features_fast_path_equals_full_forward(attn, text_inputs, tmp_path
                        dict(attention_mask=long_mask, position_ids=position_ids)):
             expected = ref.get_text_features(input_ids=long_ids, **kwargs)
             assert_same(expected, ours.get_text_features(input_ids=long_ids, **kwargs))
+
+
+VARIED = [
+    dict(text={"hidden_act": "gelu", "eos_token_id": 2}, vision={"hidden_act": "gelu", "patch_size": 4}),
+    dict(text={"hidden_act": "gelu_new", "layer_norm_eps": 1e-6, "num_attention_heads": 2},
+         vision={"image_size": 33, "patch_size": 5, "num_channels": 1, "num_attention_heads": 8}),
+    dict(text={"max_position_embeddings": 12, "num_hidden_layers": 3, "intermediate_size": 16},
+         vision={"hidden_size": 48, "intermediate_size": 20, "num_hidden_layers": 1}),
+]
+
+
+@pytest.mark.parametrize("overrides", VARIED, ids=["gelu", "gelu_new-1ch-odd-size", "shapes"])
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_varied_configs_match_reference(overrides, attn, tmp_path):
+    """Architectures off the beaten path: other activations, odd image/patch sizes, one channel, other shapes."""
+    config = tiny_config_dict(**{k: dict(v) for k, v in overrides.items()})
+    ref = transformers.CLIPModel(transformers.CLIPConfig(**config, logit_scale_init_value=1.5)).eval()
+    ref.save_pretrained(tmp_path)
+    ours = clipfast.CLIPModel.from_pretrained(tmp_path, attn_implementation=attn)
+    vision = config["vision_config"]
+    pixels = torch.randn(3, vision.get("num_channels", 3), vision["image_size"], vision["image_size"])
+    length = min(9, config["text_config"]["max_position_embeddings"])
+    ids = torch.randint(1, 97, (2, length))
+    ids[:, -1] = 98
+    mask = torch.ones_like(ids)
+    mask[1, length // 2:] = 0
+    with torch.no_grad():
+        assert_same(ref(input_ids=ids, attention_mask=mask, pixel_values=pixels, output_hidden_states=True),
+                    ours(input_ids=ids, attention_mask=mask, pixel_values=pixels, output_hidden_states=True))
