@@ -15,6 +15,14 @@ from clipfast.hub import read_json, resolve_file
 
 SUPPORTED = "'clip', 'clip_text_model' and 'clip_vision_model'"
 HUB_KWARGS = ("subfolder", "revision", "cache_dir", "local_files_only", "token")
+_IGNORED = ("trust_remote_code", "force_download", "use_auth_token", "resume_download", "proxies")
+
+
+def split_hub_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Pop the file-location options out of ``kwargs`` (and drop transformers options with no effect here)."""
+    for name in _IGNORED:
+        kwargs.pop(name, None)
+    return {k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs}
 
 
 def _model_classes(table: dict[str, str]) -> dict[str, type]:
@@ -40,7 +48,7 @@ class AutoConfig:
     def from_pretrained(pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> Any:
         from clipfast.configuration import CONFIG_CLASSES
 
-        hub = {k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs}
+        hub = split_hub_kwargs(kwargs)
         data = _config_dict(pretrained_model_name_or_path, hub)
         config_cls = CONFIG_CLASSES.get(data.get("model_type", ""))
         if config_cls is None:
@@ -167,9 +175,7 @@ class AutoTokenizer:
     @staticmethod
     def from_pretrained(pretrained_model_name_or_path: str | os.PathLike, *args: Any, use_fast: bool = True,
                         **kwargs: Any) -> Any:
-        hub = {k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs}
-        for ignored in ("trust_remote_code", "force_download", "use_auth_token"):
-            kwargs.pop(ignored, None)
+        hub = split_hub_kwargs(kwargs)
         return load_tokenizer(pretrained_model_name_or_path, hub, kwargs, use_fast=use_fast)
 
 
@@ -179,9 +185,7 @@ class AutoImageProcessor:
     @staticmethod
     def from_pretrained(pretrained_model_name_or_path: str | os.PathLike, *args: Any, use_fast: bool | None = None,
                         **kwargs: Any) -> Any:
-        hub = {k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs}
-        for ignored in ("trust_remote_code", "force_download", "use_auth_token"):
-            kwargs.pop(ignored, None)
+        hub = split_hub_kwargs(kwargs)
         return load_image_processor(pretrained_model_name_or_path, hub, kwargs, use_fast=use_fast)
 
 

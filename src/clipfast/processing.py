@@ -26,7 +26,6 @@ TEXT_KWARGS = frozenset({
 IMAGE_KWARGS = frozenset({
     "do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale", "rescale_factor", "do_normalize",
     "image_mean", "image_std", "do_convert_rgb", "data_format", "input_data_format", "device"})
-HUB_KWARGS = ("subfolder", "revision", "cache_dir", "local_files_only", "token")
 
 
 class CLIPProcessor:
@@ -131,11 +130,9 @@ class CLIPProcessor:
         Example:
             >>> CLIPProcessor.from_pretrained("openai/clip-vit-base-patch32", do_normalize=False)  # doctest: +SKIP
         """
-        from clipfast.auto import load_image_processor, load_tokenizer
+        from clipfast.auto import load_image_processor, load_tokenizer, split_hub_kwargs
 
-        hub = {k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs}
-        for ignored in ("trust_remote_code", "force_download", "use_auth_token"):
-            kwargs.pop(ignored, None)
+        hub = split_hub_kwargs(kwargs)
         image_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in IMAGE_KWARGS or k == "padding_value"}
         image_processor = load_image_processor(pretrained_model_name_or_path, hub, image_kwargs,
                                                use_fast=kwargs.pop("use_fast_image_processor", None))

@@ -378,6 +378,14 @@ class TokenizerBase:
     is_fast = False
     pad_token_type_id = 0
 
+    def convert_tokens_to_ids(self, tokens: Any) -> Any:
+        """Token (or list of tokens) -> id; unknown tokens give the unk id. Note ``"cat"`` != ``"cat</w>"``."""
+        if tokens is None:
+            return None
+        if isinstance(tokens, str):
+            return self._token_id(tokens)
+        return [self._token_id(t) for t in tokens]
+
     @classmethod
     def from_openai_vocab(cls, path: str | os.PathLike | None = None, **kwargs: Any) -> Any:
         """The tokenizer of OpenAI's CLIP, from ``bpe_simple_vocab_16e6.txt.gz`` (the copy in clipfast by default).
@@ -677,7 +685,7 @@ class TokenizerBase:
     def _decode_ids(self, ids: list[int], skip_special_tokens: bool) -> str:
         raise NotImplementedError
 
-    def convert_tokens_to_ids(self, tokens: Any) -> Any:
+    def _token_id(self, token: str) -> int | None:
         raise NotImplementedError
 
     def convert_ids_to_tokens(self, ids: Any, skip_special_tokens: bool = False) -> Any:
@@ -772,28 +780,26 @@ class TokenizerBase:
         return config
 
 
+def _strategy(name: str, value: Any, if_true: str, if_false: str, choices: Iterable[str]) -> str:
+    """A padding / truncation argument as its strategy name: True, False/None, a string or an enum member."""
+    if value is True:
+        return if_true
+    if value is False or value is None:
+        return if_false
+    text = str(getattr(value, "value", value))
+    if text not in choices:
+        raise InputError(f"{name}={value!r} is invalid; use True, False or one of {list(choices)}.")
+    return text
+
+
 def _padding_strategy(padding: Any) -> str:
     """True -> "longest", False -> "do_not_pad", strings (or enum members) checked against the choices."""
-    if padding is True:
-        return "longest"
-    if padding is False or padding is None:
-        return "do_not_pad"
-    value = str(getattr(padding, "value", padding))
-    if value not in PADDINGS:
-        raise InputError(f"padding={padding!r} is invalid; use True, False or one of {list(PADDINGS)}.")
-    return value
+    return _strategy("padding", padding, "longest", "do_not_pad", PADDINGS)
 
 
 def _truncation_strategy(truncation: Any) -> str:
     """True -> "longest_first", False/None -> "do_not_truncate", strings checked against the choices."""
-    if truncation is True:
-        return "longest_first"
-    if truncation is False or truncation is None:
-        return "do_not_truncate"
-    value = str(getattr(truncation, "value", truncation))
-    if value not in TRUNCATIONS:
-        raise InputError(f"truncation={truncation!r} is invalid; use True, False or one of {list(TRUNCATIONS)}.")
-    return value
+    return _strategy("truncation", truncation, "longest_first", "do_not_truncate", TRUNCATIONS)
 
 
 def _added_token_dict(content: str, special: bool | None) -> dict[str, Any]:
@@ -1045,14 +1051,6 @@ class CLIPTokenizer(TokenizerBase):
 
     def _on_specials_changed(self) -> None:
         self._add_tokens([t for t in self.all_special_tokens if t not in self._added], special=True)
-
-    def convert_tokens_to_ids(self, tokens: Any) -> Any:
-        """Token (or list of tokens) -> id; unknown tokens give the unk id. Note ``"cat"`` != ``"cat</w>"``."""
-        if tokens is None:
-            return None
-        if isinstance(tokens, str):
-            return self._token_id(tokens)
-        return [self._token_id(t) for t in tokens]
 
     def _token_id(self, token: str) -> int:
         index = self._added.get(token)

@@ -176,14 +176,6 @@ class CLIPTokenizerFast(TokenizerBase):
             self._tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=True) for t in missing])
         self._backend_key = None
 
-    def convert_tokens_to_ids(self, tokens: Any) -> Any:
-        """Token (or list of tokens) -> id; unknown tokens give the unk id. Note ``"cat"`` != ``"cat</w>"``."""
-        if tokens is None:
-            return None
-        if isinstance(tokens, str):
-            return self._token_id(tokens)
-        return [self._token_id(t) for t in tokens]
-
     def _token_id(self, token: str) -> int | None:
         index = self._tokenizer.token_to_id(token)
         if index is None and self.unk_token is not None:
