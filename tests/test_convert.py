@@ -123,6 +123,8 @@ def test_open_clip_layouts_match_open_clip(gelu_model, tmp_path, layout):
     assert processor.image_mean == expected_mean
     loaded = clipfast.CLIPModel.from_pretrained(source, **kwargs)
     assert_same(clipfast_outputs(loaded, pixels, ids), reference(gelu_model, pixels, ids))
+    auto = clipfast.AutoModel.from_pretrained(source, **kwargs)  # the Auto classes take these sources too
+    assert_same(clipfast_outputs(auto, pixels, ids), reference(gelu_model, pixels, ids))
 
 
 def test_open_clip_repo_from_the_hub(gelu_model, tmp_path):

@@ -108,12 +108,10 @@ class _AutoModel:
 
 
 def _foreign_or_config(name: str | os.PathLike, hub: dict[str, Any]) -> dict[str, Any] | None:
-    """config.json of an HF checkpoint, or None for a single file / open_clip folder handled by clipfast.convert."""
-    path = os.fspath(name)
-    if os.path.isfile(path) or (os.path.isdir(path) and not os.path.exists(os.path.join(path, hub.get(
-            "subfolder") or "", "config.json")) and os.path.exists(os.path.join(path, "open_clip_config.json"))):
-        return None
-    return _config_dict(name, hub)
+    """config.json of an HF checkpoint, or None for what clipfast.convert reads (single files, open_clip layouts)."""
+    from clipfast.convert import is_foreign
+
+    return None if is_foreign(name, **hub) else _config_dict(name, hub)
 
 
 class AutoModel(_AutoModel):
