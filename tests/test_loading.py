@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 import time
 
 import pytest
@@ -370,3 +371,15 @@ def test_loading_leaves_torch_init_functions_alone(ref_folder):
     assert {name: getattr(torch.nn.init, name) for name in before} == before
     fresh = torch.nn.Linear(4, 4)
     assert fresh.weight.abs().sum() > 0  # initialised as usual afterwards
+
+
+def test_bf16_on_a_cpu_without_bf16_hardware_warns(ref_folder, monkeypatch):
+    import clipfast.optimize
+
+    monkeypatch.setattr(clipfast.optimize, "cpu_has_native_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="cpu_bf16_as_fp32"):
+        clipfast.CLIPModel.from_pretrained(ref_folder, torch_dtype=torch.bfloat16)
+    monkeypatch.setattr(clipfast.optimize, "cpu_has_native_bf16", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        clipfast.CLIPModel.from_pretrained(ref_folder, torch_dtype=torch.bfloat16)

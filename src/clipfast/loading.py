@@ -151,8 +151,22 @@ def load_state_into(cls: type, config: PretrainedConfig, state_dict: dict[str, t
     info = _assign(model, state_dict, target_dtype, ignore_mismatched_sizes, source)
     _report(model, source, info)
     model.name_or_path = source
-    model = model.to(_device(device_map)).eval()
+    device = _device(device_map)
+    _warn_slow_cpu_bf16(target_dtype, device)
+    model = model.to(device).eval()
     return (model, info) if output_loading_info else model
+
+
+def _warn_slow_cpu_bf16(dtype: torch.dtype, device: torch.device) -> None:
+    """bf16 on a CPU without bf16 hardware runs several times slower than fp32: say so, and what to do."""
+    if dtype != torch.bfloat16 or device.type != "cpu":
+        return
+    from clipfast.optimize import cpu_has_native_bf16
+
+    if not cpu_has_native_bf16():
+        warnings.warn("This CPU has no native bfloat16 (no AVX512-BF16/AMX): a bf16 model runs several times "
+                      "slower than float32 here. Load in float32, or keep the bf16 weights and compute in fp32 "
+                      "with clipfast.optimize.cpu_bf16_as_fp32(model).", stacklevel=4)
 
 
 def _apply_config_kwargs(config: PretrainedConfig, kwargs: dict[str, Any]) -> None:
