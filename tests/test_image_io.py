@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import http.server
 import threading
 import time
 
@@ -14,6 +13,7 @@ from PIL import Image
 import image_fixtures
 from clipfast.errors import ImageLoadError
 from clipfast.image_io import load_image, load_images
+from loopback import serve
 
 
 @pytest.fixture(scope="module")
@@ -23,47 +23,24 @@ def photo_bytes() -> bytes:
 
 @pytest.fixture(scope="module")
 def server(photo_bytes):
-    """An http.server on 127.0.0.1 serving a photo, a 404, text, a big body and a hanging endpoint."""
+    """127.0.0.1 serving a photo, a 404, text, garbage, big bodies (declared or not) and a hanging endpoint."""
     stop = threading.Event()
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *args):  # keep test output clean
-            pass
+    def big_undeclared(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Type", "image/jpeg")
+        handler.end_headers()
+        handler.wfile.write(b"\xff" * 200_000)
 
-        def do_GET(self):
-            if self.path == "/cat.jpg":
-                self._send(200, "image/jpeg", photo_bytes)
-            elif self.path == "/text":
-                self._send(200, "text/html", b"<html>not an image</html>")
-            elif self.path == "/garbage":
-                self._send(200, "application/octet-stream", b"\x00" * 500)
-            elif self.path == "/big":
-                self._send(200, "image/jpeg", b"\xff" * 200_000)
-            elif self.path == "/big-undeclared":
-                self.send_response(200)
-                self.send_header("Content-Type", "image/jpeg")
-                self.end_headers()
-                self.wfile.write(b"\xff" * 200_000)
-            elif self.path == "/hang":
-                stop.wait(5)
-            else:
-                self._send(404, "text/plain", b"missing")
-
-        def _send(self, code, kind, body):
-            self.send_response(code)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    stop.set()
-    httpd.shutdown()
-    httpd.server_close()
+    routes = {"/cat.jpg": (200, "image/jpeg", photo_bytes),
+              "/text": (200, "text/html", b"<html>not an image</html>"),
+              "/garbage": (200, "application/octet-stream", b"\x00" * 500),
+              "/big": (200, "image/jpeg", b"\xff" * 200_000),
+              "/big-undeclared": big_undeclared,
+              "/hang": lambda handler: stop.wait(5)}
+    with serve(routes) as url:
+        yield url
+        stop.set()
 
 
 def test_url_photo(server):

@@ -6,11 +6,9 @@ transformers, plus tokenizer and preprocessor files); the COCO URL becomes a loo
 
 from __future__ import annotations
 
-import http.server
 import io
 import json
 import socket
-import threading
 import time
 import warnings
 
@@ -21,6 +19,7 @@ from PIL import Image
 
 import clipfast
 from clipfast.errors import ImageLoadError, InputError
+from loopback import serve
 
 LABELS = ["a photo of a cat", "a photo of a dog", "a photo of a car"]
 DEVICE = 0 if torch.cuda.is_available() else "cpu"
@@ -51,29 +50,10 @@ def photo_bytes():
 @pytest.fixture(scope="module")
 def server(photo_bytes):
     """Loopback HTTP: /cat.jpg (a real photo), /missing (404), /text (not an image), /slow (never answers)."""
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def do_GET(self):
-            if self.path == "/slow":
-                time.sleep(5)
-                return
-            body, kind, status = {"/cat.jpg": (photo_bytes, "image/jpeg", 200),
-                                  "/text": (b"<html>hello</html>", "text/html", 200)}.get(
-                self.path, (b"not found", "text/plain", 404))
-            self.send_response(status)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
+    routes = {"/cat.jpg": (200, "image/jpeg", photo_bytes), "/text": (200, "text/html", b"<html>hello</html>"),
+              "/slow": lambda handler: time.sleep(5)}
+    with serve(routes) as url:
+        yield url
 
 
 def _snippet_one(module, model, url, dtype):
