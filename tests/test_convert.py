@@ -15,6 +15,7 @@ import textwrap
 import warnings
 import zipfile
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -161,6 +162,24 @@ def test_real_tokenizer_padding_agrees_with_open_clip(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(model.get_text_features(**ours), reference_model.encode_text(theirs),
                                    atol=ATOL, rtol=1e-4)
+
+
+def test_pipeline_takes_an_openai_file(tmp_path):
+    """pipeline(model=file.pt) brings OpenAI's vocabulary and preprocessing along with the weights."""
+    from PIL import Image
+
+    cfg = {**OPENAI_LIKE, "text_cfg": {**OPENAI_LIKE["text_cfg"], "vocab_size": 49408, "context_length": 77}}
+    torch.save(build(cfg).state_dict(), tmp_path / "openai.pt")
+    image = Image.fromarray((np.random.default_rng(0).random((40, 50, 3)) * 255).astype(np.uint8))
+    clip = clipfast.pipeline("zero-shot-image-classification", model=str(tmp_path / "openai.pt"), device="cpu")
+    got = clip(image, candidate_labels=["cat", "dog"])
+    model, tokenizer, processor = clipfast.load(tmp_path / "openai.pt")
+    with torch.no_grad():
+        text = tokenizer(["This is a photo of cat.", "This is a photo of dog."], padding=True, return_tensors="pt")
+        logits = model(**text, pixel_values=processor(image, return_tensors="pt")["pixel_values"]).logits_per_image
+    expected = logits.softmax(dim=-1)[0].tolist()
+    assert {r["label"]: r["score"] for r in got} == pytest.approx({"cat": expected[0], "dog": expected[1]},
+                                                                  abs=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -185,13 +185,9 @@ def pipeline(task: str | None = None, model: Any = None, config: Any = None, tok
     if kwargs:
         raise TypeError(f"pipeline() got unexpected arguments {sorted(kwargs)}.")
     if isinstance(model, (str, os.PathLike)):
-        source = model
-        from clipfast.auto import AutoModelForZeroShotImageClassification
-
-        model = AutoModelForZeroShotImageClassification.from_pretrained(
-            source, torch_dtype=dtype if dtype is not None else torch_dtype, **hub, **(model_kwargs or {}))
-        tokenizer, image_processor = _components(source, model, tokenizer, image_processor or feature_extractor,
-                                                 processor, hub, use_fast)
+        model, tokenizer, image_processor = _load_source(
+            model, dtype if dtype is not None else torch_dtype, tokenizer, image_processor or feature_extractor,
+            processor, {k: v for k, v in hub.items() if v is not None}, use_fast, model_kwargs or {})
     elif dtype is not None or torch_dtype is not None:
         from clipfast.loading import resolve_dtype
 
@@ -204,19 +200,26 @@ def pipeline(task: str | None = None, model: Any = None, config: Any = None, tok
                                                batch_size=batch_size, num_workers=num_workers)
 
 
-def _components(source: Any, model: Any, tokenizer: Any, image_processor: Any, processor: Any,
-                hub: dict[str, Any], use_fast: bool) -> tuple[Any, Any]:
-    """Tokenizer and image processor: given ones win, else those saved beside the model."""
-    if processor is not None:
-        return tokenizer or processor.tokenizer, image_processor or processor.image_processor
-    loaded = getattr(model, "clipfast_components", None)  # set by clipfast.convert for OpenAI / open_clip files
-    if loaded is not None:
-        return tokenizer or loaded[0], image_processor or loaded[1]
-    from clipfast.auto import AutoImageProcessor, AutoTokenizer
+def _load_source(source: str | os.PathLike, dtype: Any, tokenizer: Any, image_processor: Any, processor: Any,
+                 hub: dict[str, Any], use_fast: bool, model_kwargs: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """Model, tokenizer and image processor from a hub id, folder or checkpoint file; given components win.
 
-    hub = {k: v for k, v in hub.items() if v is not None}
+    OpenAI and open_clip checkpoints go through ``clipfast.load``, which brings the matching vocabulary and
+    preprocessing in the same read; transformers folders and hub ids load their saved tokenizer and processor.
+    """
+    from clipfast.convert import is_foreign, load
+
+    if processor is not None:
+        tokenizer, image_processor = tokenizer or processor.tokenizer, image_processor or processor.image_processor
+    if is_foreign(source, **hub):
+        model, default_tokenizer, default_processor = load(source, torch_dtype=dtype, **hub, **model_kwargs)
+        return model, tokenizer or default_tokenizer, image_processor or default_processor
+    from clipfast.auto import AutoImageProcessor, AutoModelForZeroShotImageClassification, AutoTokenizer
+
+    model = AutoModelForZeroShotImageClassification.from_pretrained(source, torch_dtype=dtype, **hub,
+                                                                     **model_kwargs)
     if isinstance(tokenizer, (str, os.PathLike)) or tokenizer is None:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer or source, use_fast=use_fast, **hub)
     if isinstance(image_processor, (str, os.PathLike)) or image_processor is None:
         image_processor = AutoImageProcessor.from_pretrained(image_processor or source, **hub)
-    return tokenizer, image_processor
+    return model, tokenizer, image_processor
