@@ -286,10 +286,6 @@ def _token_content(token: Any) -> str | None:
     return str(getattr(token, "content", token))
 
 
-def _is_text_item(item: Any) -> bool:
-    return isinstance(item, str)
-
-
 def _as_batch(text: Any, text_pair: Any, split_words: bool) -> tuple[list[Any], list[Any] | None, bool]:
     """Validate the inputs and return (texts, pairs or None, whether the input was a batch)."""
     if text is None:
