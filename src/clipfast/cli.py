@@ -186,11 +186,13 @@ def cmd_classify(args: argparse.Namespace) -> int:
     width = max(len("image"), *(len(s) for s in sources))
     if not args.json:
         print(f"{'image':<{width}}  {'score':>6}  label")
+    text_embeds = clip.text_embeddings([args.template.format(label) for label in labels])  # once for all chunks
     for loaded, bad in _loaded_chunks(sources, _CLASSIFY_CHUNK):
         skipped += bad
         if not loaded:
             continue
-        results = clip.classify([image for _, image in loaded], labels, args.template, args.top_k, args.batch_size)
+        results = clip.classify([image for _, image in loaded], labels, args.template, args.top_k, args.batch_size,
+                                text_embeds=text_embeds)
         for (source, _), ranked in zip(loaded, results):
             _print_ranked(source, ranked, width, args.json)
     return _report_skipped(skipped, total)

@@ -110,11 +110,13 @@ class ZeroShotImageClassificationPipeline:
     @torch.inference_mode()
     def classify(self, images: Iterable[Any], labels: list[str], hypothesis_template: str = DEFAULT_TEMPLATE,
                  top_k: int | None = None, batch_size: int = AUTO_BATCH_SIZE,
-                 timeout: float | None = None) -> list[list[dict]]:
-        """Score every image against every label; the label embeddings are computed once."""
+                 timeout: float | None = None, text_embeds: torch.Tensor | None = None) -> list[list[dict]]:
+        """Score every image against every label; the label embeddings are computed once (or passed in as
+        ``text_embeds`` from :meth:`text_embeddings`, by callers that classify in several calls)."""
         from clipfast.image_io import DEFAULT_TIMEOUT, load_images
 
-        text_embeds = self.text_embeddings([hypothesis_template.format(label) for label in labels])
+        if text_embeds is None:
+            text_embeds = self.text_embeddings([hypothesis_template.format(label) for label in labels])
         scale = self.model.logit_scale.exp()
         images = list(images)
         batch_size = max(1, batch_size)
