@@ -168,13 +168,6 @@ ACT2FN: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
-def _quick_gelu_(x: torch.Tensor) -> torch.Tensor:
-    """``quick_gelu`` computed into ``x`` itself: the same operations and bits, two fewer large allocations."""
-    gate = torch.mul(x, 1.702)
-    gate.sigmoid_()
-    return x.mul_(gate)
-
-
 def _activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     if name not in ACT2FN:
         raise ValueError(f"hidden_act={name!r} is not supported; choose one of {sorted(ACT2FN)}.")
@@ -427,11 +420,28 @@ class CLIPMLP(nn.Module):
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        hidden_states = self.fc1(hidden_states)  # (B, T, intermediate): a fresh tensor only this method holds
-        if self.activation_fn is quick_gelu and not (torch.is_grad_enabled() and hidden_states.requires_grad):
-            # inference: the widest activation of the model is computed in place (about 5% of a forward)
-            return self.fc2(_quick_gelu_(hidden_states))
-        return self.fc2(self.activation_fn(hidden_states))
+        if self.activation_fn is quick_gelu and self._plain_linears(hidden_states) and not (
+                torch.is_grad_enabled() and hidden_states.requires_grad):
+            return self._quick_gelu_mlp(hidden_states)
+        return self.fc2(self.activation_fn(self.fc1(hidden_states)))
+
+    def _plain_linears(self, x: torch.Tensor) -> bool:
+        """fc1 and fc2 are still ``nn.Linear`` in ``x``'s dtype (not swapped by an opt-in of clipfast.optimize)."""
+        return type(self.fc1) is nn.Linear and type(self.fc2) is nn.Linear and self.fc1.weight.dtype == x.dtype
+
+    def _quick_gelu_mlp(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference MLP with quick_gelu folded into the matmuls: ``z sigmoid(1.702 z) = silu(1.702 z) / 1.702``.
+
+        The GEMMs scale for free (``alpha``/``beta``), so the widest activation of the model takes one in-place
+        pass instead of three, and no second (B, T, intermediate) tensor: ~5% of a forward. Same values as
+        the reference up to float32 rounding.
+        """
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        hidden = torch.addmm(self.fc1.bias, x, self.fc1.weight.t(), beta=1.702, alpha=1.702)  # 1.702 z
+        F.silu(hidden, inplace=True)
+        out = torch.addmm(self.fc2.bias, hidden, self.fc2.weight.t(), alpha=1 / 1.702)
+        return out.view(*shape[:-1], out.shape[-1])
 
 
 class CLIPEncoderLayer(nn.Module):
