@@ -3,6 +3,7 @@
 - int8: ``quantize_int8`` vs float32, images/s and texts/s, and the cosine of its embeddings to float32.
 - bf16: a bfloat16 model as loaded (true bf16 compute) vs ``cpu_bf16_as_fp32`` (bf16 weights, fp32 compute; with
   and without a cached fp32 copy) vs float32: time, weight memory, cosine to float32 and to true bf16.
+- bf16 also times ``cpu_bf16_matmuls`` (a float32 model whose encoder matmuls run in bf16 on AMX / AVX512-BF16).
 - compile: ``optimize.compile`` vs eager: first-call (compilation) time and steady images/s.
 
 Calls are interleaved round by round. ``--no-native-bf16`` reruns the bf16 part with oneDNN capped to AVX2
@@ -91,15 +92,16 @@ def bench_int8(fp32: torch.nn.Module, batch: int, repeats: int) -> list[dict[str
 
 
 def bench_bf16(fp32: torch.nn.Module, batch: int, repeats: int, true_bf16: bool) -> list[dict[str, object]]:
-    """True bf16, bf16 weights computed in fp32 (on the fly / cached copy), and fp32, on the image encoder."""
-    from clipfast.optimize import cpu_bf16_as_fp32, cpu_has_native_bf16
+    """True bf16, bf16 weights computed in fp32 (on the fly / cached copy), fp32 with bf16 matmuls, and fp32."""
+    from clipfast.optimize import cpu_bf16_as_fp32, cpu_bf16_matmuls, cpu_has_native_bf16
 
-    models = {"fp32": fp32, "bf16->fp32 on the fly": cpu_bf16_as_fp32(copy.deepcopy(fp32).bfloat16()),
+    models = {"fp32": fp32, "fp32 + cpu_bf16_matmuls": cpu_bf16_matmuls(copy.deepcopy(fp32)),
+              "bf16->fp32 on the fly": cpu_bf16_as_fp32(copy.deepcopy(fp32).bfloat16()),
               "bf16->fp32 cached": cpu_bf16_as_fp32(copy.deepcopy(fp32).bfloat16(), cache=True)}
     if true_bf16:
         models["true bf16"] = copy.deepcopy(fp32).bfloat16()
     pixels, _ = inputs(batch)
-    feed = {name: pixels.bfloat16() if name != "fp32" else pixels for name in models}
+    feed = {name: pixels if name.startswith("fp32") else pixels.bfloat16() for name in models}
     label = f"image b={batch} ({'native' if cpu_has_native_bf16() else 'no native'} bf16)"
     rows = timed_rows(label, {n: (lambda m=m, n=n: encode(m, feed[n], None)) for n, m in models.items()}, "fp32",
                       batch, repeats)

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from clipfast import CLIPConfig, CLIPModel, CLIPVisionModelWithProjection
-from clipfast.optimize import UpcastLinear, compile, cpu_bf16_as_fp32, cpu_has_native_bf16, quantize_int8
+from clipfast.optimize import (UpcastLinear, compile, cpu_bf16_as_fp32, cpu_bf16_matmuls, cpu_has_native_bf16,
+                               quantize_int8)
 
 # wide enough (64) that int8 rounding averages out, small enough to run in milliseconds
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
@@ -90,6 +91,38 @@ def test_cpu_bf16_as_fp32_forward_and_vision_only():
 
 def test_cpu_has_native_bf16_is_a_bool():
     assert isinstance(cpu_has_native_bf16(), bool)
+
+
+def test_cpu_bf16_matmuls_close_to_fp32_and_restores_the_setting(model, inputs):
+    image, text = _embeddings(model, *inputs)
+    keys = set(model.state_dict())
+    before = torch.backends.mkldnn.matmul.fp32_precision
+    fast = cpu_bf16_matmuls(copy.deepcopy(model))
+    f_image, f_text = _embeddings(fast, *inputs)
+    assert torch.backends.mkldnn.matmul.fp32_precision == before
+    assert set(fast.state_dict()) == keys and all(p.dtype == torch.float32 for p in fast.parameters())
+    assert f_image.dtype == f_text.dtype == torch.float32
+    assert _min_cosine(f_image, image) > 0.999 and _min_cosine(f_text, text) > 0.999
+
+
+def test_cpu_bf16_matmuls_is_on_only_inside_the_encoders(model, inputs):
+    seen = []
+    encoder = model.vision_model.encoder
+    encoder.register_forward_hook(lambda *_: seen.append(torch.backends.mkldnn.matmul.fp32_precision))
+    cpu_bf16_matmuls(model)  # its hooks run around the one above
+    _embeddings(model, *inputs)
+    assert seen == ["bf16"]
+    encoder.layers[0].register_forward_pre_hook(lambda *_: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        _embeddings(model, *inputs)
+    assert torch.backends.mkldnn.matmul.fp32_precision != "bf16"
+
+
+def test_cpu_bf16_matmuls_refuses_bf16_and_foreign_models(model):
+    with pytest.raises(ValueError, match="float32"):
+        cpu_bf16_matmuls(model.to(torch.bfloat16))
+    with pytest.raises(ValueError, match="CLIPEncoder"):
+        cpu_bf16_matmuls(nn.Linear(2, 2))
 
 
 def test_compile_refuses_foreign_models():
