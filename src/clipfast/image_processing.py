@@ -16,7 +16,11 @@ How they are fast and still exact:
   (22 fractional bits), the same two passes with rounding and clipping to uint8 between them, in the order
   Pillow picks. Each pass is a product with a banded coefficient matrix in float64, where every partial sum is
   an integer below 2**53 and therefore exact on any device. Only the output pixels that survive the center crop
-  are computed. No torchvision.
+  are computed. No torchvision. That is its path for arrays, tensors and every GPU input.
+- ``CLIPImageProcessorFast`` with PIL images on the CPU runs one thread-pool task per image: Pillow resizes
+  computing little more than the crop (see ``_BOXED_FILTERS``), and torch folds rescale and normalize into one
+  multiply-add per channel. Within one uint8 level of the exact path (rare pixels), not bit-identical.
+  :func:`clipfast.image_io.iter_image_batches` runs the same task per file, decode included.
 
 Example:
     >>> from clipfast import CLIPImageProcessor                        # doctest: +SKIP
@@ -37,11 +41,15 @@ import threading
 import warnings
 from collections import UserDict
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from clipfast.errors import InputError
+
+if TYPE_CHECKING:
+    import PIL.Image
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -593,6 +601,32 @@ class CLIPImageProcessor(_CLIPImageProcessorBase):
         return BatchFeature({"pixel_values": processed}, tensor_type=opts["return_tensors"])
 
 
+    def _image_fn(self, kwargs: dict[str, Any]) -> tuple[Any, tuple[int, ...] | None, Any] | None:
+        """(run, shape, dtype) for :func:`clipfast.image_io.iter_image_batches`: ``run(image, out=None)`` gives one
+        RGB PIL image's pixel values as a tensor (written into ``out`` when given); ``shape`` is every output's
+        shape (None unless center-cropping) and ``dtype`` their dtype. Same numbers as :meth:`preprocess`."""
+        import torch
+
+        opts = self._options(kwargs)
+        tables = {(3, False): _lookup_table(3, opts, False)}
+        dtype = torch.uint8 if tables[(3, False)] is None else torch.float32
+
+        def run(image: Any, out: "torch.Tensor | None" = None) -> "torch.Tensor":
+            image = _convert_rgb(image) if opts["do_convert_rgb"] else image
+            pixels = torch.from_numpy(np.ascontiguousarray(_process_one(image, LAST, opts, tables)))
+            return pixels if out is None else out.copy_(pixels)
+
+        return run, _rgb_output_shape(opts), dtype
+
+
+def _rgb_output_shape(opts: dict[str, Any]) -> tuple[int, ...] | None:
+    """Shape of every output for RGB inputs when center-cropping (None otherwise: it follows the image)."""
+    if not opts["do_center_crop"]:
+        return None
+    crop_h, crop_w = opts["crop_size"]["height"], opts["crop_size"]["width"]
+    return (3, crop_h, crop_w) if opts["data_format"] == FIRST else (crop_h, crop_w, 3)
+
+
 def _pillow_pipeline(images: list[Any], opts: dict[str, Any]) -> list[np.ndarray]:
     """The exact PIL/NumPy path for a list of images, spread over the thread pool."""
     if opts["do_convert_rgb"]:
@@ -853,17 +887,20 @@ def pil_resize_crop(x: "torch.Tensor", out_h: int, out_w: int, kind: int = BICUB
     height, width = x.shape[-2:]
     top, left, crop_h, crop_w = box if box is not None else (0, 0, out_h, out_w)
     need_h, need_v = out_w != width, out_h != height
-    if kind in (NEAREST,) or not (need_h and need_v):
-        vertical_first = False
-    else:
-        vertical_first = (height - out_h) > 0 and (height - out_h) > 2 * (width - out_w) and _pillow_vertical_first()
-    if vertical_first:
+    if _vertical_first(height, width, out_h, out_w, kind):
         cols = _rows_needed(width, out_w, kind, left, left + crop_w)
         x = _vertical(x[..., cols[0]:cols[1]], height, out_h, kind, top, top + crop_h, need_v)
         return _horizontal(x, width, out_w, kind, left, left + crop_w, need_h, offset=cols[0])
     rows = _rows_needed(height, out_h, kind, top, top + crop_h) if need_v else (top, top + crop_h)
     x = _horizontal(x[..., rows[0]:rows[1], :], width, out_w, kind, left, left + crop_w, need_h)
     return _vertical(x, height, out_h, kind, top, top + crop_h, need_v, offset=rows[0])
+
+
+def _vertical_first(height: int, width: int, out_h: int, out_w: int, kind: int) -> bool:
+    """Whether Pillow resizes (height, width) -> (out_h, out_w) with the vertical pass first."""
+    if kind == NEAREST or out_w == width or out_h == height:
+        return False
+    return 0 < height - out_h and height - out_h > 2 * (width - out_w) and _pillow_vertical_first()
 
 
 def _rows_needed(in_size: int, out_size: int, kind: int, start: int, stop: int) -> tuple[int, int]:
@@ -904,8 +941,10 @@ _CPU_CHUNK = 8  # images per resize product on CPU: keeps the float64 temporarie
 class CLIPImageProcessorFast(_CLIPImageProcessorBase):
     """CLIP preprocessing in torch, batched, on any device (``device="cuda"``); no torchvision.
 
-    Same parameters and outputs as :class:`CLIPImageProcessor`. Resizing reproduces Pillow's fixed-point
-    resampling exactly (module docstring), so on uint8 images the output equals the PIL path's on CPU and GPU.
+    Same parameters and outputs as :class:`CLIPImageProcessor`. For arrays, tensors and GPU inputs, resizing
+    reproduces Pillow's fixed-point resampling exactly (module docstring), so on uint8 images the output equals
+    the PIL path's. PIL images on the CPU take a faster lane that stays within one uint8 level of it (uint8
+    outputs, without rescale and normalize, stay exact).
     Differences from transformers' torchvision-based class: float images are quantised to uint8 before resizing
     (as the PIL path does), and crops larger than the image are padded with the odd pixel on the top/left (as the
     PIL path does). ``return_tensors=None`` gives a list of tensors.
@@ -931,13 +970,8 @@ class CLIPImageProcessorFast(_CLIPImageProcessorBase):
         opts["device"] = kwargs.get("device", self.device)
         images = _flatten_images(images)
         if _pillow_lane(images, opts):
-            # on the CPU, Pillow's own SIMD resampler on a thread pool beats the same arithmetic in torch and
-            # gives identical pixels: run the exact path and hand back tensors
-            import torch
-
-            arrays = _pillow_pipeline(images, opts)
-            tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
-            return BatchFeature({"pixel_values": tensors}, tensor_type=opts["return_tensors"])
+            # on the CPU, Pillow's own SIMD resampler on a thread pool beats the same arithmetic in torch
+            return BatchFeature({"pixel_values": _cpu_lane(images, opts)}, tensor_type=opts["return_tensors"])
         prepared = [_prepare_tensor(image, opts) for image in images]
         groups: dict[tuple, list[int]] = {}
         for index, (tensor, unscale) in enumerate(prepared):
@@ -951,6 +985,16 @@ class CLIPImageProcessorFast(_CLIPImageProcessorBase):
         return BatchFeature({"pixel_values": outputs}, tensor_type=opts["return_tensors"])
 
 
+    def _image_fn(self, kwargs: dict[str, Any]) -> tuple[Any, tuple[int, ...] | None, Any] | None:
+        """The per-image CPU lane for :func:`clipfast.image_io.iter_image_batches`, as
+        :meth:`CLIPImageProcessor._image_fn`; None when the target device is not the CPU."""
+        opts = self._options(kwargs)
+        opts["device"] = kwargs.get("device", self.device)
+        if not _pillow_lane([], opts):
+            return None
+        return _cpu_lane_fn(opts)
+
+
 def _pillow_lane(images: list[Any], opts: dict[str, Any]) -> bool:
     """Whether to resize with Pillow on threads: PIL inputs, a CPU target, and a resize to do."""
     from PIL import Image
@@ -958,6 +1002,142 @@ def _pillow_lane(images: list[Any], opts: dict[str, Any]) -> bool:
     device = opts["device"]
     on_cpu = device is None or str(device).split(":")[0] == "cpu"
     return on_cpu and opts["do_resize"] and all(isinstance(image, Image.Image) for image in images)
+
+
+# Pillow's CPU lane. Pillow's resize(..., box=) computes just a region of the result, but it stores the box in
+# float32, which shifts the filter windows by ~1e-5 pixel: a pixel can come out one level off. Boxing both passes
+# lets the first pass's errors add up in the second (two levels, seen on real photos), so only the second pass is
+# boxed; the first computes every output on its own axis, exactly, over just the lines the second pass reads.
+_BOXED_FILTERS = (BILINEAR, HAMMING, BICUBIC, LANCZOS)  # continuous kernels: a tiny window shift is a tiny change
+
+
+def _cpu_lane(images: list["PIL.Image.Image"], opts: dict[str, Any]) -> Any:
+    """PIL images -> pixel values on the thread pool, within one uint8 level of the exact path: one tensor when
+    every output has the crop's shape, else a list of tensors."""
+    import torch
+
+    if not (opts["do_convert_rgb"] or all(image.mode == "RGB" for image in images)):
+        arrays = _pillow_pipeline(images, opts)  # odd modes kept as they are: the exact path knows them
+        return [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
+    run, shape, dtype = _cpu_lane_fn(opts)
+    if shape is None:
+        return _map(run, images)
+    out = torch.empty((len(images), *shape), dtype=dtype)
+    _map(lambda pair: run(*pair), list(zip(images, out)))
+    return out if opts["return_tensors"] is not None else list(out)
+
+
+def _map(work: Any, items: list[Any]) -> list[Any]:
+    """``work`` over ``items`` on the thread pool (in this thread for one item or one CPU)."""
+    if len(items) > 1 and (os.cpu_count() or 1) > 1:
+        return list(_thread_pool().map(work, items))
+    return [work(item) for item in items]
+
+
+def _cpu_lane_fn(opts: dict[str, Any]) -> tuple[Any, tuple[int, ...] | None, Any]:
+    """(run, shape, dtype): ``run(image, out=None)`` takes a PIL image to its pixel values (written into ``out``
+    when given), ``shape`` is that of every output (None unless center-cropping), ``dtype`` their dtype."""
+    import torch
+
+    affine = _affine(opts, 3)
+    dtype = torch.uint8 if affine is None else torch.float32
+    shape = _rgb_output_shape(opts)
+
+    def run(image: "PIL.Image.Image", out: "torch.Tensor | None" = None) -> "torch.Tensor":
+        pixels = torch.from_numpy(_resized_rgb(image, opts, exact=affine is None))
+        if opts["data_format"] == FIRST:
+            pixels = pixels.permute(2, 0, 1)
+        out = torch.empty(pixels.shape, dtype=dtype) if out is None else out
+        out.copy_(pixels)  # one pass: layout, dtype and (below) the affine map all happen in cache
+        return out if affine is None else out.mul_(affine[0]).add_(affine[1])
+
+    return run, shape, dtype
+
+
+def _affine(opts: dict[str, Any], channels: int) -> tuple["torch.Tensor", "torch.Tensor"] | None:
+    """Rescale and normalize folded into ``x * scale + shift`` per channel (float32, within ~1e-6 of the
+    reference's two steps), shaped for ``data_format``; None when neither is on (the output stays uint8)."""
+    import torch
+
+    if not (opts["do_rescale"] or opts["do_normalize"]):
+        return None
+    scale = np.full(channels, float(opts["rescale_factor"]) if opts["do_rescale"] else 1.0)
+    shift = np.zeros(channels)
+    if opts["do_normalize"]:
+        mean = _per_channel(opts["image_mean"], channels, "image_mean", np.float64)
+        std = _per_channel(opts["image_std"], channels, "image_std", np.float64)
+        scale, shift = scale / std, -mean / std
+    shape = (channels, 1, 1) if opts["data_format"] == FIRST else (channels,)
+    return (torch.from_numpy(scale.astype(np.float32)).view(shape),
+            torch.from_numpy(shift.astype(np.float32)).view(shape))
+
+
+def _resized_rgb(image: "PIL.Image.Image", opts: dict[str, Any], exact: bool = False) -> np.ndarray:
+    """Convert to RGB, resize and center crop one PIL image: a writable (H, W, 3) uint8 array, computing only the
+    crop (within one level) unless ``exact`` (uint8 outputs are the pixels themselves: keep them exact)."""
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    height, width = _output_size(image.height, image.width, opts["size"])
+    kind, crop = opts["resample"], opts["crop_size"] if opts["do_center_crop"] else None
+    box = _crop_box(height, width, crop["height"], crop["width"]) if crop else None
+    if box is not None and kind in _BOXED_FILTERS and not exact:
+        return np.array(_pillow_resize_crop(image, height, width, kind, box))
+    array = np.array(image.resize((width, height), kind, reducing_gap=None))
+    return _center_crop(array, crop["height"], crop["width"], LAST) if crop else array
+
+
+def _pillow_resize_crop(image: "PIL.Image.Image", out_h: int, out_w: int, kind: int,
+                        box: tuple[int, int, int, int]) -> "PIL.Image.Image":
+    """The crop ``box`` = (top, left, height, width) of ``image.resize((out_w, out_h), kind, reducing_gap=None)``,
+    computing little more than the crop, in Pillow's pass order; within one uint8 level (see _BOXED_FILTERS)."""
+    width, height = image.size
+    top, left, crop_h, crop_w = box
+    if _vertical_first(height, width, out_h, out_w, kind):
+        first, last = _input_span(width, out_w, kind, left, left + crop_w)
+        part = _crop(image, (first, 0, last, height))
+        part = _pillow_pass(part, 1, height, out_h, kind, top, top + crop_h)
+        return _pillow_pass(part, 0, width, out_w, kind, left, left + crop_w, offset=first, boxed=True)
+    first, last = _input_span(height, out_h, kind, top, top + crop_h)
+    part = _crop(image, (0, first, width, last))
+    part = _pillow_pass(part, 0, width, out_w, kind, left, left + crop_w)
+    return _pillow_pass(part, 1, height, out_h, kind, top, top + crop_h, offset=first, boxed=True)
+
+
+def _pillow_pass(image: "PIL.Image.Image", axis: int, in_size: int, out_size: int, kind: int, start: int,
+                 stop: int, offset: int = 0, boxed: bool = False) -> "PIL.Image.Image":
+    """Outputs [start, stop) of one Pillow pass ``in_size -> out_size`` along ``axis`` (0: columns, 1: rows) of an
+    image whose first line on that axis is input line ``offset``. Unboxed, the pass computes every output and
+    is cropped (exact); boxed, it computes only [start, stop)."""
+    width, height = image.size
+    if out_size == in_size:  # Pillow skips this pass
+        lo, hi = start - offset, stop - offset
+        return _crop(image, (lo, 0, hi, height) if axis == 0 else (0, lo, width, hi))
+    if not boxed:
+        image = image.resize((out_size, height) if axis == 0 else (width, out_size), kind, reducing_gap=None)
+        return _crop(image, (start, 0, stop, height) if axis == 0 else (0, start, width, stop))
+    scale = in_size / out_size
+    lo, hi = start * scale - offset, stop * scale - offset
+    size, region = ((stop - start, height), (lo, 0, hi, height)) if axis == 0 else \
+        ((width, stop - start), (0, lo, width, hi))
+    return image.resize(size, kind, box=region, reducing_gap=None)
+
+
+def _crop(image: "PIL.Image.Image", box: tuple[int, int, int, int]) -> "PIL.Image.Image":
+    """``image.crop(box)``, skipped when the box is the whole image."""
+    return image if box == (0, 0, *image.size) else image.crop(box)
+
+
+@functools.lru_cache(maxsize=128)
+def _input_span(in_size: int, out_size: int, kind: int, start: int, stop: int) -> tuple[int, int]:
+    """Input lines [first, last) inside the filter windows of outputs [start, stop) of Pillow's pass
+    ``in_size -> out_size`` (windows as Pillow's precompute_coeffs bounds them, zero weights included)."""
+    if in_size == out_size:
+        return start, stop
+    scale = in_size / out_size
+    support = _SUPPORT[kind] * max(scale, 1.0)
+    first = max(int((start + 0.5) * scale - support + 0.5), 0)
+    last = min(int((stop - 1 + 0.5) * scale + support + 0.5), in_size)
+    return first, last
 
 
 def _prepare_tensor(image: Any, opts: dict[str, Any]) -> tuple["torch.Tensor", bool]:
