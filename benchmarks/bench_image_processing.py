@@ -1,9 +1,10 @@
 """Images/s from 640x480 JPEG files on disk to ``pixel_values`` (decode included), batches of 64.
 
 Runs, interleaved round by round: transformers' CLIPImageProcessor (its reference path: PIL open + convert +
-processor), our CLIPImageProcessor and our CLIPImageProcessorFast (both fed by ``load_images``, threaded), and
-CLIPImageProcessorFast on CUDA when there is a GPU. Prints a table with ratios to the reference and writes
-benchmarks/results/image_processing.json.
+processor), our CLIPImageProcessor and our CLIPImageProcessorFast (both fed by ``load_images``, threaded, one
+batch at a time), CLIPImageProcessorFast fed by ``iter_image_batches`` (load and preprocess fused per image on
+the thread pool, one batch prepared ahead), and CLIPImageProcessorFast on CUDA when there is a GPU. Prints a
+table with ratios to the reference and writes benchmarks/results/image_processing.json.
 
     python benchmarks/bench_image_processing.py [--images 256] [--batch 64] [--rounds 3]
 """
@@ -27,12 +28,13 @@ def _reference_runner():
 
     processor = transformers.CLIPImageProcessor()
 
-    def run(paths):
-        images = []
-        for path in paths:
-            with Image.open(path) as image:
-                images.append(image.convert("RGB"))
-        return processor(images, return_tensors="pt")["pixel_values"]
+    def run(paths, batch):
+        for start in range(0, len(paths), batch):
+            images = []
+            for path in paths[start:start + batch]:
+                with Image.open(path) as image:
+                    images.append(image.convert("RGB"))
+            processor(images, return_tensors="pt")["pixel_values"]
 
     return run
 
@@ -44,13 +46,27 @@ def _ours_runner(cls_name: str, device: str | None = None):
     processor = getattr(ip, cls_name)()
     kwargs = {"device": device} if device else {}
 
-    def run(paths):
-        out = processor(load_images(paths), return_tensors="pt", **kwargs)["pixel_values"]
+    def run(paths, batch):
+        for start in range(0, len(paths), batch):
+            processor(load_images(paths[start:start + batch]), return_tensors="pt", **kwargs)["pixel_values"]
         if device == "cuda":
             import torch
 
             torch.cuda.synchronize()
-        return out
+
+    return run
+
+
+def _iter_runner(cls_name: str):
+    """The processor fed by ``iter_image_batches``: load + preprocess fused per image on the pool, one batch ahead."""
+    import clipfast.image_processing as ip
+    from clipfast.image_io import iter_image_batches
+
+    processor = getattr(ip, cls_name)()
+
+    def run(paths, batch):
+        for _ in iter_image_batches(paths, processor, batch_size=batch):
+            pass
 
     return run
 
@@ -68,20 +84,19 @@ def main() -> None:
 
     runners = {"transformers CLIPImageProcessor": _reference_runner(),
                "clipfast CLIPImageProcessor": _ours_runner("CLIPImageProcessor"),
-               "clipfast CLIPImageProcessorFast (cpu)": _ours_runner("CLIPImageProcessorFast")}
+               "clipfast CLIPImageProcessorFast (cpu)": _ours_runner("CLIPImageProcessorFast"),
+               "clipfast CLIPImageProcessorFast (cpu, iter_image_batches)": _iter_runner("CLIPImageProcessorFast")}
     if torch.cuda.is_available():
         runners["clipfast CLIPImageProcessorFast (cuda)"] = _ours_runner("CLIPImageProcessorFast", "cuda")
     with tempfile.TemporaryDirectory() as folder:
         paths = image_fixtures.benchmark_jpegs(Path(folder), args.images)
-        batches = [paths[i:i + args.batch] for i in range(0, len(paths), args.batch)]
         for run in runners.values():  # warm-up: imports, caches, thread pools
-            run(batches[0])
+            run(paths[:args.batch], args.batch)
         best = {name: float("inf") for name in runners}
         for _ in range(args.rounds):
             for name, run in runners.items():
                 start = time.perf_counter()
-                for batch in batches:
-                    run(batch)
+                run(paths, args.batch)
                 best[name] = min(best[name], time.perf_counter() - start)
     base = args.images / best["transformers CLIPImageProcessor"]
     rows = {name: {"images_per_s": round(args.images / t, 1), "ratio_vs_reference": round(args.images / t / base, 2)}

@@ -12,7 +12,7 @@ from PIL import Image
 
 import image_fixtures
 from clipfast.errors import ImageLoadError
-from clipfast.image_io import load_image, load_images
+from clipfast.image_io import iter_image_batches, load_image, load_images
 from loopback import serve
 
 
@@ -114,3 +114,99 @@ def test_file_errors_name_the_file(tmp_path):
     with pytest.raises(ImageLoadError, match="base64"):
         load_image("data:image/png;base64,!!!notbase64!!!")
     assert issubclass(ImageLoadError, ValueError)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# iter_image_batches
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def jpeg_paths(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("batches")
+    return image_fixtures.benchmark_jpegs(folder, count=11, size=(160, 120))
+
+
+def _reference_pixels(processor, paths):
+    return processor(load_images(paths), return_tensors="pt").pixel_values
+
+
+@pytest.mark.parametrize("prefetch", [0, 1, 3])
+def test_iter_batches_order_and_last_partial_batch(jpeg_paths, prefetch):
+    import torch
+
+    from clipfast.image_processing import CLIPImageProcessor, CLIPImageProcessorFast
+
+    exact, fast = CLIPImageProcessor(), CLIPImageProcessorFast()
+    expected = _reference_pixels(exact, jpeg_paths)
+    for processor, tolerance in ((exact, 0.0), (fast, 0.02)):
+        batches = list(iter_image_batches(iter(jpeg_paths), processor, batch_size=4, prefetch=prefetch))
+        assert [len(chunk) for chunk, _ in batches] == [4, 4, 3]
+        assert [p for chunk, _ in batches for p in chunk] == list(jpeg_paths)
+        pixels = torch.cat([px for _, px in batches])
+        assert pixels.shape == (11, 3, 224, 224) and pixels.dtype == torch.float32
+        assert float((pixels - expected).abs().max()) <= tolerance
+    # the fast class through the iterator gives what its own call gives
+    via_call = _reference_pixels(fast, jpeg_paths)
+    assert torch.equal(torch.cat([px for _, px in iter_image_batches(jpeg_paths, fast, batch_size=5)]), via_call)
+
+
+def test_iter_batches_kwargs_device_and_foreign_processor(jpeg_paths):
+    import torch
+    transformers = pytest.importorskip("transformers")
+
+    from clipfast.image_processing import CLIPImageProcessor, CLIPImageProcessorFast
+
+    kwargs = {"size": 64, "crop_size": 48, "do_normalize": False}
+    (_, pixels), = list(iter_image_batches(jpeg_paths[:3], CLIPImageProcessorFast(), batch_size=8, device="cpu",
+                                           **kwargs))
+    expected = CLIPImageProcessor(**kwargs)(load_images(jpeg_paths[:3]), return_tensors="pt").pixel_values
+    assert pixels.shape == (3, 3, 48, 48) and float((pixels - expected).abs().max()) <= 1 / 255 + 1e-6
+    # no crop: shapes follow the images, stacked when they agree
+    (_, uncropped), = list(iter_image_batches(jpeg_paths[:2], CLIPImageProcessor(), do_center_crop=False))
+    assert uncropped.shape == (2, 3, 224, 298)
+    # any other processor: loading runs ahead, the processor runs on each batch
+    reference = transformers.CLIPImageProcessor()
+    theirs = torch.cat([px for _, px in iter_image_batches(jpeg_paths, reference, batch_size=6)])
+    assert torch.equal(theirs, _reference_pixels(CLIPImageProcessor(), jpeg_paths))
+
+
+def test_iter_batches_errors(jpeg_paths, tmp_path):
+    from clipfast.image_processing import CLIPImageProcessorFast
+
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not a jpeg at all")
+    sources = list(jpeg_paths[:4]) + [bad] + list(jpeg_paths[4:6])
+    batches = iter_image_batches(sources, CLIPImageProcessorFast(), batch_size=2, prefetch=2)
+    assert [len(c) for c, _ in (next(batches), next(batches))] == [2, 2]  # the batches before the bad file
+    with pytest.raises(ImageLoadError, match="broken.jpg.*not an image"):
+        next(batches)
+    with pytest.raises(ValueError, match="batch_size"):
+        iter_image_batches(jpeg_paths, CLIPImageProcessorFast(), batch_size=0)  # checked at the call
+    with pytest.raises(ImageLoadError, match="No such image file"):
+        list(iter_image_batches([tmp_path / "missing.jpg"], CLIPImageProcessorFast()))
+
+
+def test_iter_batches_stops_early_and_reads_lazily(jpeg_paths):
+    from clipfast.image_processing import CLIPImageProcessorFast
+
+    consumed = []
+
+    def sources():
+        for path in jpeg_paths:
+            consumed.append(path)
+            yield path
+
+    batches = iter_image_batches(sources(), CLIPImageProcessorFast(), batch_size=2, prefetch=1)
+    chunk, _ = next(batches)
+    assert chunk == list(jpeg_paths[:2]) and len(consumed) == 4  # this batch and the one prepared ahead
+    batches.close()
+    assert len(consumed) == 4
+
+
+def test_load_image_returns_a_new_image_for_pil_input(photo_bytes, tmp_path):
+    path = tmp_path / "cat.jpg"
+    path.write_bytes(photo_bytes)
+    with Image.open(path) as source:
+        source.load()
+        assert load_image(source) is not source  # a caller's image is never handed back (it may be mutated)

@@ -55,6 +55,7 @@ _EXPORTS: dict[str, str] = {
     "BatchFeature": "image_processing",
     "load_image": "image_io",
     "load_images": "image_io",
+    "iter_image_batches": "image_io",
     # processor, auto classes, pipeline
     "CLIPProcessor": "processing",
     "AutoConfig": "auto",
