@@ -32,6 +32,9 @@ Embedder = Callable[[list[str]], torch.Tensor]
 
 def batched(embed_batch: Embedder, batch: int) -> Embedder:
     """Embed a list of paths batch by batch and stack the normalised rows."""
+    if getattr(embed_batch, "whole_list", False):  # it batches (and overlaps) by itself
+        return lambda paths: embed_batch(paths, batch)  # type: ignore[call-arg]
+
     def run(paths: list[str]) -> torch.Tensor:
         with torch.inference_mode():
             out = [F.normalize(embed_batch(paths[i:i + batch]).float(), dim=-1) for i in range(0, len(paths), batch)]
@@ -40,18 +43,24 @@ def batched(embed_batch: Embedder, batch: int) -> Embedder:
 
 
 def clipfast_embedder(path: Path, device: str, dtype: torch.dtype, fast: bool) -> Embedder:
-    """Our path: threaded decode, our processor (exact, or the torch one on ``device``), our model."""
+    """Our path: ``iter_image_batches`` (decode + preprocess per image on the pool, the next batch prepared while
+    the model runs; the fast processor resizes on ``device``), then our model."""
     import clipfast
-    from clipfast.image_io import load_images
+    from clipfast.image_io import iter_image_batches
 
     model = clipfast.CLIPModel.from_pretrained(path, torch_dtype=dtype).to(device).eval()
     processor = clipfast.CLIPImageProcessorFast() if fast else clipfast.CLIPImageProcessor()
     kwargs = {"device": device} if fast else {}
 
-    def embed(paths: list[str]) -> torch.Tensor:
-        pixels = processor(load_images(paths), return_tensors="pt", **kwargs)["pixel_values"]
-        return model.get_image_features(pixel_values=pixels.to(device, dtype, non_blocking=True))
-    return embed
+    def embed_all(paths: list[str], batch: int) -> torch.Tensor:
+        out = []
+        with torch.inference_mode():
+            for _, pixels in iter_image_batches(paths, processor, batch_size=batch, prefetch=1, **kwargs):
+                features = model.get_image_features(pixel_values=pixels.to(device, dtype, non_blocking=True))
+                out.append(F.normalize(features.float(), dim=-1))
+        return torch.cat(out)
+    embed_all.whole_list = True  # type: ignore[attr-defined]
+    return embed_all
 
 
 def transformers_embedder(path: Path, device: str, dtype: torch.dtype) -> Embedder:

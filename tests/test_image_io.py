@@ -210,3 +210,23 @@ def test_load_image_returns_a_new_image_for_pil_input(photo_bytes, tmp_path):
     with Image.open(path) as source:
         source.load()
         assert load_image(source) is not source  # a caller's image is never handed back (it may be mutated)
+
+
+def test_batches_inside_inference_mode(tmp_path):
+    """Pool threads fill the batch outside the caller's inference mode: both entry points must still work."""
+    import torch
+    from PIL import Image
+
+    import clipfast
+    from clipfast.image_io import iter_image_batches
+
+    paths = []
+    for i in range(3):
+        path = tmp_path / f"{i}.jpg"
+        Image.new("RGB", (64 + i, 48), (10 * i, 20, 30)).save(path)
+        paths.append(str(path))
+    fast = clipfast.CLIPImageProcessorFast()
+    with torch.inference_mode():
+        batches = [pixels for _, pixels in iter_image_batches(paths, fast, batch_size=2)]
+        direct = fast([Image.open(p) for p in paths], return_tensors="pt").pixel_values
+    assert torch.equal(torch.cat(batches), direct)

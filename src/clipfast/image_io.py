@@ -166,7 +166,8 @@ def _submit(pool: Any, chunk: list[ImageSource], plan: tuple | None, timeout: fl
     if plan is None:
         return [pool.submit(load_image, source, timeout) for source in chunk], None
     run, shape, dtype = plan
-    out = torch.empty((len(chunk), *shape), dtype=dtype) if shape is not None else None
+    with torch.inference_mode(False):  # workers write rows outside the caller's inference mode
+        out = torch.empty((len(chunk), *shape), dtype=dtype) if shape is not None else None
 
     def task(index: int, source: ImageSource) -> Any:
         return run(load_image(source, timeout=timeout), None if out is None else out[index])

@@ -1022,7 +1022,8 @@ def _cpu_lane(images: list["PIL.Image.Image"], opts: dict[str, Any]) -> Any:
     run, shape, dtype = _cpu_lane_fn(opts)
     if shape is None:
         return _map(run, images)
-    out = torch.empty((len(images), *shape), dtype=dtype)
+    with torch.inference_mode(False):  # pool threads fill it outside any caller's inference mode
+        out = torch.empty((len(images), *shape), dtype=dtype)
     _map(lambda pair: run(*pair), list(zip(images, out)))
     return out if opts["return_tensors"] is not None else list(out)
 
