@@ -35,6 +35,8 @@ PLAN = [("B/32", "bfloat16", "sdpa", [1, 8, 32, 128, 256, 512, 1024], False),
         ("B/32", "float16", "sdpa", [256], False),
         ("L/14", "bfloat16", "flash_attention_2", [256], False),
         ("L/14", "bfloat16", "sdpa", [256], True)]
+SHORT_PLAN = [("B/32", "bfloat16", "sdpa", [1, 32, 256, 1024], False), ("B/32", "bfloat16", "sdpa", [256], True),
+              ("L/14", "bfloat16", "sdpa", [256], False)]
 OPEN_CLIP_NAMES = {"B/32": "ViT-B-32", "L/14": "ViT-L-14"}
 
 
@@ -212,6 +214,7 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=300, help="stop starting new measurements after this")
     parser.add_argument("--quick", action="store_true", help="3 repeats instead of 5")
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny model, float32 sdpa, batches 1,2")
+    parser.add_argument("--short", action="store_true", help="B/32 bf16 at 1/32/256/1024, compiled, L/14 at 256")
     parser.add_argument("--profile", action="store_true", help="only write the B/32 kernel profile (CUDA)")
     args = parser.parse_args()
     if args.profile:
@@ -223,7 +226,7 @@ def main() -> None:
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("bench_gpu.py needs a CUDA GPU; use --dry-run to check the script on CPU.")
     plan = [("tiny", "float32", "sdpa", [1, 2], False), ("tiny", "float32", "sdpa", [2], True)] if args.dry_run \
-        else PLAN
+        else SHORT_PLAN if args.short else PLAN
     rows: list[dict[str, Any]] = []
     out = Path(args.out) / ("gpu_dry_run.json" if args.dry_run else "gpu.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -314,3 +314,14 @@ def test_varied_configs_match_reference(overrides, attn, tmp_path):
     with torch.no_grad():
         assert_same(ref(input_ids=ids, attention_mask=mask, pixel_values=pixels, output_hidden_states=True),
                     ours(input_ids=ids, attention_mask=mask, pixel_values=pixels, output_hidden_states=True))
+
+
+@pytest.mark.parametrize("size,patch,channels", [(30, 2, 3), (33, 5, 1), (224, 32, 3), (47, 14, 3)])
+def test_patch_embedding_as_matmul_equals_convolution(size, patch, channels):
+    """The CUDA path of the patch embedding (one matmul) against the convolution, odd sizes included."""
+    from clipfast.modeling import patch_embedding_as_matmul
+
+    conv = torch.nn.Conv2d(channels, 16, patch, stride=patch, bias=False)
+    x = torch.randn(3, channels, size, size + 3)
+    expected = conv(x).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(patch_embedding_as_matmul(x, conv.weight), expected, atol=1e-5, rtol=1e-5)

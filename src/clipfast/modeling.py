@@ -334,12 +334,33 @@ class CLIPVisionEmbeddings(nn.Module):
                 f"Input image size ({height}*{width}) doesn't match model ({self.image_size}*{self.image_size}). "
                 "Resize the images to the model's size or pass interpolate_pos_encoding=True.")
         # casting here is what lets a bf16/fp16 model take the processor's float32 pixels
-        patches = self.patch_embedding(pixel_values.to(dtype=self.patch_embedding.weight.dtype))  # (B, D, h, w)
-        patches = patches.flatten(2).transpose(1, 2)  # (B, h*w, D)
+        pixel_values = pixel_values.to(dtype=self.patch_embedding.weight.dtype)
+        if pixel_values.is_cuda:
+            # cuDNN runs this stride == kernel convolution (plus an NCHW->NHWC copy) at a fraction of the GEMM
+            # rate: a quarter of a bf16 B/32 forward on an H100/H200. As one matmul it is ~0.1 ms.
+            patches = patch_embedding_as_matmul(pixel_values, self.patch_embedding.weight)  # (B, h*w, D)
+        else:
+            patches = self.patch_embedding(pixel_values)  # (B, D, h, w)
+            patches = patches.flatten(2).transpose(1, 2)  # (B, h*w, D)
         embeddings = torch.cat([self.class_embedding.expand(batch, 1, -1), patches], dim=1)  # (B, 1 + h*w, D)
         if interpolate_pos_encoding:
             return embeddings + self.interpolate_pos_encoding(embeddings, height, width)
         return embeddings + self.position_embedding.weight.unsqueeze(0)
+
+
+def patch_embedding_as_matmul(pixel_values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The bias-free patch convolution (stride == kernel, no padding) as one matmul: (B, C, H, W) -> (B, h*w, D).
+
+    Rows and columns past the last whole patch are dropped, as the convolution drops them. Equal to the
+    convolution up to float summation order.
+    """
+    batch, channels, height, width = pixel_values.shape
+    dim, _, patch, _ = weight.shape
+    rows, cols = height // patch, width // patch
+    x = pixel_values[:, :, :rows * patch, :cols * patch]
+    x = x.reshape(batch, channels, rows, patch, cols, patch)  # (B, C, h, p, w, p)
+    x = x.permute(0, 2, 4, 1, 3, 5).reshape(batch, rows * cols, channels * patch * patch)  # (B, h*w, C*p*p)
+    return x @ weight.reshape(dim, -1).t()
 
 
 # ---------------------------------------------------------------------------------------------------------------
