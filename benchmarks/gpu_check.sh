@@ -5,9 +5,11 @@
 # timeout inside one overall budget (default 460 s, under the device's 600 s per command); logs and JSON go to
 # $OUT (default benchmarks/results/gpu).
 #
-# The GPU machine has another transformers and no open_clip; wheels in .whl/ (transformers 4.57, its
-# huggingface_hub and tokenizers, open_clip_torch, ftfy, wcwidth; see benchmarks/README or the closing notes)
-# are installed to /tmp/site first when present, so the reference is the same version as in CI.
+# The GPU machine has another transformers and no open_clip; wheels in .whl/ are installed to /tmp/site first
+# when present, so the reference is the same version as in CI. Fetch them (ignored by git) with:
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+#     transformers==4.57.6 huggingface_hub==0.36.2 tokenizers==0.22.2 open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.7.0
 #
 #     OUT=/some/dir BUDGET_S=460 bash benchmarks/gpu_check.sh
 set -u
