@@ -32,6 +32,16 @@ def _dtype_name(value: Any) -> str | None:
     return text[len("torch."):] if text.startswith("torch.") else text
 
 
+def set_known_attributes(obj: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Set each of ``kwargs`` that ``obj`` already has as an attribute (``from_dict`` overrides); return the rest."""
+    unused = {}
+    for key, value in kwargs.items():
+        if hasattr(obj, key):
+            setattr(obj, key, value)
+        else:
+            unused[key] = value
+    return unused
+
 class PretrainedConfig:
     """Base of the CLIP configs: the generic fields every transformers config carries, and file I/O.
 
@@ -141,12 +151,7 @@ class PretrainedConfig:
         """Build a config from a dict; ``kwargs`` override fields. ``return_unused_kwargs=True`` as transformers."""
         return_unused = kwargs.pop("return_unused_kwargs", False)
         config = cls(**{**config_dict})
-        unused = {}
-        for key, value in kwargs.items():
-            if hasattr(config, key):
-                setattr(config, key, value)
-            else:
-                unused[key] = value
+        unused = set_known_attributes(config, kwargs)
         return (config, unused) if return_unused else config
 
     @classmethod

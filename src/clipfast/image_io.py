@@ -161,13 +161,12 @@ def _batches(items: Iterator[ImageSource], processor: Any, batch_size: int, pref
 def _submit(pool: Any, chunk: list[ImageSource], plan: tuple | None, timeout: float | None) -> tuple[list, Any]:
     """Queue one task per source: load it, and with a per-image ``plan`` also preprocess it into its row of one
     preallocated batch tensor (None when the output shapes are not known ahead)."""
-    import torch
+    from clipfast.image_processing import batch_buffer
 
     if plan is None:
         return [pool.submit(load_image, source, timeout) for source in chunk], None
     run, shape, dtype = plan
-    with torch.inference_mode(False):  # workers write rows outside the caller's inference mode
-        out = torch.empty((len(chunk), *shape), dtype=dtype) if shape is not None else None
+    out = batch_buffer(len(chunk), shape, dtype) if shape is not None else None
 
     def task(index: int, source: ImageSource) -> Any:
         return run(load_image(source, timeout=timeout), None if out is None else out[index])

@@ -45,6 +45,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from clipfast.configuration import set_known_attributes
+
 from clipfast.errors import InputError
 
 if TYPE_CHECKING:
@@ -495,12 +497,7 @@ class _CLIPImageProcessorBase:
             if key in kwargs and key in config:
                 config[key] = kwargs.pop(key)
         processor = cls(**config)
-        unused = {}
-        for key, value in kwargs.items():
-            if hasattr(processor, key):
-                setattr(processor, key, value)
-            else:
-                unused[key] = value
+        unused = set_known_attributes(processor, kwargs)
         return (processor, unused) if return_unused else processor
 
     @classmethod
@@ -641,10 +638,7 @@ def _pillow_pipeline(images: list[Any], opts: dict[str, Any]) -> list[np.ndarray
     for channels in {_channels_of(image, fmt) for image in images}:
         for unscale in (False, True):
             tables[(channels, unscale)] = _lookup_table(channels, opts, unscale)
-    work = functools.partial(_process_one, fmt=fmt, opts=opts, tables=tables)
-    if len(images) > 1 and (os.cpu_count() or 1) > 1:
-        return list(_thread_pool().map(work, images))
-    return [work(image) for image in images]
+    return _map(functools.partial(_process_one, fmt=fmt, opts=opts, tables=tables), images)
 
 
 def _convert_rgb(image: Any) -> Any:
@@ -1022,10 +1016,18 @@ def _cpu_lane(images: list["PIL.Image.Image"], opts: dict[str, Any]) -> Any:
     run, shape, dtype = _cpu_lane_fn(opts)
     if shape is None:
         return _map(run, images)
-    with torch.inference_mode(False):  # pool threads fill it outside any caller's inference mode
-        out = torch.empty((len(images), *shape), dtype=dtype)
+    out = batch_buffer(len(images), shape, dtype)
     _map(lambda pair: run(*pair), list(zip(images, out)))
     return out if opts["return_tensors"] is not None else list(out)
+
+
+def batch_buffer(count: int, shape: tuple[int, ...], dtype: "torch.dtype") -> "torch.Tensor":
+    """An uninitialised (count, *shape) batch whose rows pool threads fill. It is made outside any inference mode
+    of the caller: threads don't inherit that mode, and writing into an inference tensor outside it fails."""
+    import torch
+
+    with torch.inference_mode(False):
+        return torch.empty((count, *shape), dtype=dtype)
 
 
 def _map(work: Any, items: list[Any]) -> list[Any]:
