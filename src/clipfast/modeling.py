@@ -12,6 +12,8 @@ Attention has one switch, ``config._attn_implementation``: "eager" (the readable
 from __future__ import annotations
 
 import contextlib
+import functools
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, fields
 from typing import Any, Callable
@@ -364,6 +366,106 @@ def patch_embedding_as_matmul(pixel_values: torch.Tensor, weight: torch.Tensor) 
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# CPU inference: Linear weights pre-packed for MKL
+#
+# A float32 ``F.linear`` on CPU calls MKL's sgemm, which re-packs the whole weight matrix into its blocked layout
+# on every call. At batch 1 (50 tokens) that packing costs about as much as the product itself. So for CPU
+# inference (no autograd) each layer packs its weights once, keeps the packs beside the model, and runs
+# ``cblas_sgemm_compute`` on them: same float32 math (round-off differences only), ~35% faster GEMMs at batch 1 and
+# ~5% at batch 32. q, k and v are packed as one (3D, D) matrix, and quick_gelu's 1.702 is folded into the MLP
+# packs. Packs live in a side table keyed by module (state_dict, deepcopy and pickling never see them) and are
+# rebuilt when a weight changes (new storage or an in-place update). They cost one extra copy of the Linear
+# weights while the model lives; ``model.set_cpu_weight_packing(False)`` turns them off and frees them.
+
+_PACKS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[tuple[int, int], ...], dict[str, _PackedLinear]]] = (
+    weakref.WeakKeyDictionary())
+_PACK_HINT = 256  # MKL asks for a row-count hint when packing; 256 suits 50 (one image) to 3200 rows
+
+
+@functools.cache
+def mkl_packing_available() -> bool:
+    """Whether this PyTorch build has MKL's packed sgemm (x86 builds with MKL and oneDNN)."""
+    if not (torch.backends.mkl.is_available() and torch.backends.mkldnn.is_available()):
+        return False
+    try:
+        return hasattr(torch.ops.mkl, "_mkl_linear") and hasattr(torch.ops.mkl, "_mkl_reorder_linear_weight")
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _fp32_matmuls_exact() -> bool:
+    """False while float32 CPU matmuls may round to bf16/tf32 (``cpu_bf16_matmuls``, or the user's own setting).
+
+    MKL's packed product is always full float32, so it would silently override that choice.
+    """
+    try:
+        # most specific first; "none" defers to the next level
+        levels = (torch.backends.mkldnn.matmul.fp32_precision, torch.backends.mkldnn.fp32_precision,
+                  torch.backends.fp32_precision)
+    except AttributeError:  # PyTorch < 2.9: only the legacy switch exists
+        return torch.get_float32_matmul_precision() == "highest"
+    for level in levels:
+        if level != "none":
+            return level == "ieee"
+    return True
+
+
+class _PackedLinear:
+    """``x @ (scale * W)ᵀ + bias_scale * b`` on one MKL-packed float32 weight (CPU, no autograd).
+
+    Several (out_i, in) weights are stacked into one (sum out_i, in) product.
+    """
+
+    def __init__(self, weights: list[torch.Tensor], biases: list[torch.Tensor | None], scale: float = 1.0,
+                 bias_scale: float | None = None) -> None:
+        weight = torch.cat(weights) if len(weights) > 1 else weights[0]  # (out, in)
+        weight = weight.detach() * scale if scale != 1.0 else weight.detach()
+        self.packed = torch.ops.mkl._mkl_reorder_linear_weight(weight.contiguous(), _PACK_HINT)
+        # _mkl_linear reads (out, in) from this argument and touches its data only for a row count other than
+        # the one passed, which never happens here: a zero-memory view of the right shape is enough
+        self.shape = weight.new_empty(()).expand(weight.shape)
+        if any(b is None for b in biases):
+            self.bias = None
+        else:
+            bias = torch.cat(biases) if len(biases) > 1 else biases[0]  # type: ignore[arg-type]
+            bias_scale = scale if bias_scale is None else bias_scale
+            self.bias = bias.detach() * bias_scale if bias_scale != 1.0 else bias.detach()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+        return torch.ops.mkl._mkl_linear(x, self.packed, self.shape, self.bias, rows)
+
+
+def _weights_key(params: list[torch.Tensor]) -> tuple[tuple[int, int], ...]:
+    """Changes whenever a parameter gets new storage or is updated in place (optimizer step, load_state_dict)."""
+    return tuple((p.data_ptr(), p._version) for p in params)
+
+
+def _cpu_packs(module: nn.Module, x: torch.Tensor, linears: list[nn.Module],
+               build: Callable[[], dict[str, _PackedLinear]]) -> dict[str, _PackedLinear] | None:
+    """The module's packs if ``x`` is a CPU float32 inference input and packing is on, else None (plain path)."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or not getattr(module, "cpu_weight_packing", False):
+        return None
+    if any(type(m) is not nn.Linear or m.weight.dtype != torch.float32 for m in linears):
+        return None  # swapped by an opt-in of clipfast.optimize (int8, upcast), or mixed dtypes
+    params = [p for m in linears for p in (m.weight, m.bias) if p is not None]
+    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
+        return None  # the packed product has no backward
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
+        return None  # exporters and compilers see the plain ops
+    if any(p.is_inference() for p in params):
+        return None  # weights made under inference_mode keep no version counter to tell an update by
+    if not (mkl_packing_available() and _fp32_matmuls_exact()):
+        return None
+    key = _weights_key(params)
+    entry = _PACKS.get(module)
+    if entry is None or entry[0] != key:
+        entry = (key, build())
+        _PACKS[module] = entry
+    return entry[1]
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Transformer layers
 
 
@@ -387,6 +489,7 @@ class CLIPAttention(nn.Module):
         self.v_proj = nn.Linear(self.embed_dim, self.embed_dim)
         self.q_proj = nn.Linear(self.embed_dim, self.embed_dim)
         self.out_proj = nn.Linear(self.embed_dim, self.embed_dim)
+        self.cpu_weight_packing = True
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 causal_attention_mask: torch.Tensor | None = None,
@@ -396,9 +499,14 @@ class CLIPAttention(nn.Module):
         Returns the output (B, T, D) and, if asked for, the attention probabilities (B, H, T, T).
         """
         batch, length, _ = hidden_states.shape
-        q = self.q_proj(hidden_states).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(hidden_states).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(hidden_states).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+        packs = _cpu_packs(self, hidden_states, [self.q_proj, self.k_proj, self.v_proj, self.out_proj], self._pack)
+        if packs is not None:
+            qkv = packs["qkv"](hidden_states).view(batch, length, 3, self.num_heads, self.head_dim)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, T, Dh)
+        else:
+            q = self.q_proj(hidden_states).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+            k = self.k_proj(hidden_states).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+            v = self.v_proj(hidden_states).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
         # q, k, v: (B, H, T, Dh)
         dropout = self.dropout if self.training else 0.0
         backend = self.config._attn_implementation
@@ -420,7 +528,14 @@ class CLIPAttention(nn.Module):
                 raise ValueError(f"attn_implementation={backend!r} is not supported; choose one of "
                                  f"{list(ATTN_IMPLEMENTATIONS)}.")
         out = out.transpose(1, 2).reshape(batch, length, self.embed_dim)  # (B, T, D)
-        return self.out_proj(out), (weights if output_attentions else None)
+        out = packs["out"](out) if packs is not None else self.out_proj(out)
+        return out, (weights if output_attentions else None)
+
+    def _pack(self) -> dict[str, _PackedLinear]:
+        """q, k, v as one packed (3D, D) projection, and the output projection (CPU inference)."""
+        qkv = (self.q_proj, self.k_proj, self.v_proj)
+        return {"qkv": _PackedLinear([m.weight for m in qkv], [m.bias for m in qkv]),
+                "out": _PackedLinear([self.out_proj.weight], [self.out_proj.bias])}
 
 
 def _combine_masks(attention_mask: torch.Tensor | None, causal_mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -439,12 +554,25 @@ class CLIPMLP(nn.Module):
         self.activation_fn = _activation(config.hidden_act)
         self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.cpu_weight_packing = True
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        packs = _cpu_packs(self, hidden_states, [self.fc1, self.fc2], self._pack)
+        if packs is not None:
+            hidden = packs["fc1"](hidden_states)
+            if self.activation_fn is quick_gelu:  # the packs hold 1.702 W1, 1.702 b1 and W2 / 1.702
+                return packs["fc2"](F.silu(hidden, inplace=True))
+            return packs["fc2"](self.activation_fn(hidden))
         if self.activation_fn is quick_gelu and self._plain_linears(hidden_states) and not (
                 torch.is_grad_enabled() and hidden_states.requires_grad):
             return self._quick_gelu_mlp(hidden_states)
         return self.fc2(self.activation_fn(self.fc1(hidden_states)))
+
+    def _pack(self) -> dict[str, _PackedLinear]:
+        """fc1 and fc2 packed for CPU inference, with quick_gelu's 1.702 folded in as in :meth:`_quick_gelu_mlp`."""
+        scale = 1.702 if self.activation_fn is quick_gelu else 1.0
+        return {"fc1": _PackedLinear([self.fc1.weight], [self.fc1.bias], scale),
+                "fc2": _PackedLinear([self.fc2.weight], [self.fc2.bias], 1 / scale, bias_scale=1.0)}
 
     def _plain_linears(self, x: torch.Tensor) -> bool:
         """fc1 and fc2 are still ``nn.Linear`` in ``x``'s dtype (not swapped by an opt-in of clipfast.optimize)."""
@@ -743,6 +871,19 @@ class CLIPPreTrainedModel(nn.Module):
         for module in self.modules():
             if isinstance(module, CLIPEncoder):
                 module.gradient_checkpointing = False
+
+    def set_cpu_weight_packing(self, enabled: bool = True) -> None:
+        """Turn MKL weight packing for float32 CPU inference on (the default) or off.
+
+        Packing makes CPU inference faster (~1.3x at batch 1 for ViT-B/32, less at large batches) and costs one
+        extra copy of the Linear weights of each tower that has run on CPU (~340 MB for a B/32 vision tower).
+        Turning it off frees the packs now.
+        """
+        for module in self.modules():
+            if hasattr(module, "cpu_weight_packing"):
+                module.cpu_weight_packing = bool(enabled)
+                if not enabled:
+                    _PACKS.pop(module, None)
 
     @property
     def is_gradient_checkpointing(self) -> bool:

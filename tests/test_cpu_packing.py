@@ -1,0 +1,169 @@
+"""MKL weight packing for float32 CPU inference: same numbers as the plain path, used only where it is safe."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+import torch
+
+import clipfast
+from clipfast import modeling
+from clipfast.optimize import cpu_bf16_matmuls, quantize_int8
+from conftest import tiny_config_dict
+
+pytestmark = pytest.mark.skipif(not modeling.mkl_packing_available(), reason="this PyTorch build has no MKL packing")
+
+
+def _model(**overrides) -> clipfast.CLIPModel:
+    return clipfast.CLIPModel(clipfast.CLIPConfig(**tiny_config_dict(**overrides))).eval()
+
+
+def _packed_modules(model: torch.nn.Module) -> int:
+    return sum(module in modeling._PACKS for module in model.modules())
+
+
+def _outputs(model: clipfast.CLIPModel, text_inputs, pixel_values) -> dict[str, torch.Tensor]:
+    ids, mask = text_inputs
+    out = model(input_ids=ids, attention_mask=mask, pixel_values=pixel_values, output_hidden_states=True)
+    return {"text": out.text_embeds, "image": out.image_embeds, "logits": out.logits_per_image,
+            "hidden": out.vision_model_output.hidden_states[-1]}
+
+
+def _plain(model: clipfast.CLIPModel, text_inputs, pixel_values) -> dict[str, torch.Tensor]:
+    model.set_cpu_weight_packing(False)
+    try:
+        with torch.no_grad():
+            return _outputs(model, text_inputs, pixel_values)
+    finally:
+        model.set_cpu_weight_packing(True)
+
+
+def _assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-5, msg=key)
+
+
+@pytest.mark.parametrize("act", ["quick_gelu", "gelu"])
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_packed_equals_plain(act, attn, mode, text_inputs, pixel_values):
+    model = _model(text={"hidden_act": act}, vision={"hidden_act": act})
+    model.config._attn_implementation = attn
+    for sub in (model.config.text_config, model.config.vision_config):
+        sub._attn_implementation = attn
+    expected = _plain(model, text_inputs, pixel_values)
+    context = torch.no_grad() if mode == "no_grad" else torch.inference_mode()
+    with context:
+        got = _outputs(model, text_inputs, pixel_values)
+    assert _packed_modules(model) == 2 * (2 + 2)  # attention + MLP of 2 text and 2 vision layers
+    _assert_close(got, expected)
+    with torch.no_grad():  # packs made under inference_mode serve a later no_grad call
+        _assert_close(_outputs(model, text_inputs, pixel_values), expected)
+
+
+def test_packs_follow_weight_updates(text_inputs, pixel_values):
+    model = _model()
+    with torch.no_grad():
+        _outputs(model, text_inputs, pixel_values)
+        other = _model()
+        other.load_state_dict({k: v + 0.01 * torch.randn_like(v) for k, v in model.state_dict().items()})
+        model.load_state_dict(other.state_dict())  # in-place copy_: same storage, new version
+        got = _outputs(model, text_inputs, pixel_values)
+    _assert_close(got, _plain(other, text_inputs, pixel_values))
+    with torch.no_grad():  # a weight replaced by new storage
+        layer = model.vision_model.encoder.layers[0].mlp.fc1
+        layer.weight = torch.nn.Parameter(torch.randn_like(layer.weight))
+        got = _outputs(model, text_inputs, pixel_values)
+    _assert_close(got, _plain(model, text_inputs, pixel_values))
+
+
+def test_training_uses_autograd_path(text_inputs, pixel_values):
+    model = _model()
+    with torch.no_grad():
+        _outputs(model, text_inputs, pixel_values)
+    out = model(input_ids=text_inputs[0], attention_mask=text_inputs[1], pixel_values=pixel_values, return_loss=True)
+    out.loss.backward()
+    grad = model.vision_model.encoder.layers[0].self_attn.q_proj.weight.grad
+    assert grad is not None and grad.abs().sum() > 0
+    pixels = pixel_values.clone().requires_grad_(True)  # gradient to the input of a frozen model
+    model.requires_grad_(False)
+    model.get_image_features(pixel_values=pixels).sum().backward()
+    assert pixels.grad is not None and pixels.grad.abs().sum() > 0
+
+
+def test_turning_packing_off_frees_packs(text_inputs, pixel_values):
+    model = _model()
+    with torch.no_grad():
+        _outputs(model, text_inputs, pixel_values)
+    assert _packed_modules(model) > 0
+    model.set_cpu_weight_packing(False)
+    assert _packed_modules(model) == 0
+    with torch.no_grad():
+        _outputs(model, text_inputs, pixel_values)
+    assert _packed_modules(model) == 0
+
+
+def test_copies_and_pickles_ignore_packs(text_inputs, pixel_values):
+    model = _model()
+    with torch.no_grad():
+        expected = _outputs(model, text_inputs, pixel_values)
+    clone = copy.deepcopy(model)
+    restored = pickle.loads(pickle.dumps(model))
+    assert set(clone.state_dict()) == set(model.state_dict())
+    with torch.no_grad():
+        _assert_close(_outputs(clone, text_inputs, pixel_values), expected)
+        _assert_close(_outputs(restored, text_inputs, pixel_values), expected)
+
+
+def test_bf16_matmul_settings_are_respected(text_inputs, pixel_values, monkeypatch):
+    """With float32 matmuls allowed to round to bf16, the exact packed product would override that choice."""
+    model = _model()
+    monkeypatch.setattr(torch.backends.mkldnn.matmul, "fp32_precision", "bf16")
+    with torch.no_grad():
+        _outputs(model, text_inputs, pixel_values)
+    assert _packed_modules(model) == 0
+    monkeypatch.undo()
+    cpu_bf16_matmuls(model)
+    with torch.no_grad():
+        _outputs(model, text_inputs, pixel_values)
+    assert _packed_modules(model) == 0
+
+
+def test_other_dtypes_and_swapped_layers_use_plain_path(text_inputs, pixel_values):
+    model = _model().to(torch.bfloat16)
+    with torch.no_grad():
+        model.get_image_features(pixel_values=pixel_values)
+    assert _packed_modules(model) == 0
+    model = quantize_int8(_model())
+    with torch.no_grad():
+        model.get_image_features(pixel_values=pixel_values)
+    assert _packed_modules(model) == 0
+
+
+def test_weights_made_under_inference_mode(text_inputs, pixel_values):
+    with torch.inference_mode():
+        model = _model()
+        model.get_image_features(pixel_values=pixel_values)
+    assert _packed_modules(model) == 0
+
+
+def test_without_mkl_the_plain_path_runs(text_inputs, pixel_values, monkeypatch):
+    monkeypatch.setattr(modeling, "mkl_packing_available", lambda: False)
+    model = _model()
+    with torch.no_grad():
+        _outputs(model, text_inputs, pixel_values)
+    assert _packed_modules(model) == 0
+
+
+@pytest.mark.parametrize("rows", [1, 7, 50, 333])
+def test_packed_linear_any_row_count(rows):
+    """One pack serves every row count (the packing hint is only a hint), 2-D and 3-D inputs alike."""
+    linear = torch.nn.Linear(48, 40)
+    packed = modeling._PackedLinear([linear.weight], [linear.bias])
+    x = torch.randn(rows, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(packed(x), linear(x), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(packed(x.view(1, rows, 48)), linear(x).view(1, rows, 40), atol=1e-5, rtol=1e-5)
+        assert packed(torch.randn(0, 48)).shape == (0, 40)
