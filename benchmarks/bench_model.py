@@ -1,7 +1,9 @@
-"""clipfast vs transformers on the model itself: cold start, image and text encoder throughput (CPU or GPU).
+"""clipfast vs transformers vs open_clip on the model itself: cold start, image and text encoder throughput.
 
-Both libraries load the same full-size ViT-B/32 random-weight checkpoint (written once by transformers into
-a temp folder) and run with the same threads; calls are interleaved.
+All libraries load the same full-size ViT-B/32 random-weight checkpoint (written once by transformers into
+a temp folder; open_clip's copy goes through ``clipfast.convert.hf_to_openai``) and run with the same threads;
+calls are interleaved. On CPU the run first measures the float32 matmul rate (best of 2048^3 and 4096^3
+products), the roofline that the image-encoder rows' "% of roofline" refers to.
 
     python benchmarks/bench_model.py [--quick] [--device cpu|cuda] [--dtype float32|bfloat16|float16]
 """
@@ -51,39 +53,68 @@ def cold_start(path: Path, repeats: int) -> list[dict[str, object]]:
              "clipfast": times["clipfast"], "transformers": times["transformers"], "speedup": times["transformers"] / times["clipfast"]}]
 
 
+def cpu_fp32_peak_gflops() -> float:
+    """This CPU's float32 matmul rate, GFLOP/s: the best of 2048^3 and 4096^3 products (3 timed calls each)."""
+    best = 0.0
+    for size in (2048, 4096):
+        a, b = torch.randn(size, size), torch.randn(size, size)
+        a @ b
+        for _ in range(3):
+            start = time.perf_counter()
+            a @ b
+            best = max(best, 2 * size**3 / (time.perf_counter() - start) / 1e9)
+    return best
+
+
 def encoders(path: Path, device: str, dtype: torch.dtype, batches: list[int], repeats: int) -> list[dict]:
-    """Images/s and texts/s of both libraries' encoders on the same weights."""
+    """Images/s and texts/s of each library's encoders on the same weights."""
     import transformers
+    from bench_gpu import image_call, image_gflop, open_clip_model, text_call  # (bench_gpu imports this file)
 
     import clipfast
 
     ours = clipfast.CLIPModel.from_pretrained(path, torch_dtype=dtype, device_map=device)
     ref = transformers.CLIPModel.from_pretrained(path, torch_dtype=dtype, attn_implementation="sdpa").to(device)
+    models = {"clipfast": ours, "transformers": ref}
+    try:
+        models["open_clip"] = open_clip_model(path, "B/32", dtype, device)
+    except ImportError:
+        pass
+    peak = cpu_fp32_peak_gflops() if device == "cpu" and dtype == torch.float32 else None
+    gflop = image_gflop(ours.config)
     rows = []
     for batch in batches:
         pixels = torch.randn(batch, 3, 224, 224, device=device, dtype=dtype)
-        cases = [("image encoder", pixels, lambda m, x: m.get_image_features(pixel_values=x))]
+        cases = [("image encoder", pixels, image_call)]
         for length in (16, 77):
             ids = torch.randint(0, 49406, (batch, length), device=device)
             ids[:, -1] = 49407
-            cases.append((f"text encoder T={length}", ids, lambda m, x: m.get_text_features(input_ids=x)))
+            cases.append((f"text encoder T={length}", ids, text_call))
         # captions tokenized with padding="max_length": 16 real tokens, padded with EOS to 77, with a mask
+        # (open_clip has no mask: its row above, at T=77, is what it does with such captions)
         ids = torch.full((batch, 77), 49407, device=device)
         ids[:, :15] = torch.randint(0, 49406, (batch, 15), device=device)
         mask = (torch.arange(77, device=device) < 16).long().expand(batch, 77)
         cases.append(("text encoder 16 tokens padded to 77", ids,
-                      lambda m, x, mask=mask: m.get_text_features(input_ids=x, attention_mask=mask)))
-        for name, x, fn in cases:
-            def call(m, fn=fn, x=x):
+                      lambda name, m, x, mask=mask: None if name == "open_clip" else
+                      m.get_text_features(input_ids=x, attention_mask=mask)))
+        for case, x, fn in cases:
+            def call(name, fn=fn, x=x):
                 with torch.inference_mode():
-                    fn(m, x)
+                    fn(name, models[name], x)
                 if device == "cuda":
                     torch.cuda.synchronize()
-            times = interleaved({"clipfast": lambda: call(ours), "transformers": lambda: call(ref)},
-                                repeats=repeats)
-            rows.append({"path": f"{name} {str(dtype).removeprefix('torch.')}", "batch": batch, "unit": "items/s",
-                         "clipfast": batch / times["clipfast"], "transformers": batch / times["transformers"],
-                         "speedup": times["transformers"] / times["clipfast"]})
+            names = [n for n in models if not (n == "open_clip" and case.endswith("padded to 77"))]
+            times = interleaved({n: (lambda n=n: call(n)) for n in names}, repeats=repeats)
+            row = {"path": f"{case} {str(dtype).removeprefix('torch.')}", "batch": batch, "unit": "items/s"}
+            row.update({n: batch / times.get(n, float("nan")) for n in ("clipfast", "transformers", "open_clip")})
+            row["speedup"] = times["transformers"] / times["clipfast"]
+            row["vs open_clip"] = times.get("open_clip", float("nan")) / times["clipfast"]
+            if peak is not None:
+                row["% of roofline"] = 100 * gflop * row["clipfast"] / peak if case == "image encoder" else ""
+            rows.append(row)
+    if peak is not None:
+        print(f"float32 matmul roofline: {peak:.0f} GFLOP/s; image encoder {gflop:.2f} GFLOP/image")
     return rows
 
 

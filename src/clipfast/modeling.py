@@ -257,123 +257,14 @@ def _causal_mask(batch: int, length: int, dtype: torch.dtype, device: torch.devi
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Embeddings
-
-
-def _position_ids(length: int) -> torch.Tensor:
-    """``arange(length)`` as (1, length); on the CPU when models are built on the meta device for loading, where
-    arange would import torch's symbolic-shape machinery (a third of a second) for a buffer loading replaces."""
-    device = "cpu" if torch.get_default_device().type == "meta" else None
-    return torch.arange(length, device=device).expand((1, -1))
-
-
-class CLIPTextEmbeddings(nn.Module):
-    """Token embedding plus learned absolute position embedding (no scaling, no norm)."""
-
-    def __init__(self, config: CLIPTextConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.token_embedding = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.position_embedding = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.register_buffer("position_ids", _position_ids(config.max_position_embeddings), persistent=False)
-
-    def forward(self, input_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
-        length = input_ids.shape[-1] if input_ids is not None else inputs_embeds.shape[-2]  # type: ignore[union-attr]
-        max_positions = self.position_embedding.weight.shape[0]
-        if length > max_positions:
-            raise ValueError(
-                f"Sequence length must be less than max_position_embeddings (got `sequence length`: {length} and "
-                f"max_position_embeddings: {max_positions}). Tokenize with truncation=True (and max_length="
-                f"{max_positions}) to cut longer texts.")
-        if inputs_embeds is None:
-            inputs_embeds = self.token_embedding(input_ids)
-        if position_ids is None:
-            # the first T rows of the table: identical to a lookup at arange(T), without the gather
-            return inputs_embeds + self.position_embedding.weight[:length]
-        return inputs_embeds + self.position_embedding(position_ids)
-
-
-class CLIPVisionEmbeddings(nn.Module):
-    """Patchify with a bias-free conv, prepend the class token, add (optionally interpolated) positions."""
-
-    def __init__(self, config: CLIPVisionConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.embed_dim = config.hidden_size
-        self.image_size = config.image_size
-        self.patch_size = config.patch_size
-        self.class_embedding = nn.Parameter(torch.empty(self.embed_dim))  # set by the init rules or the checkpoint
-        self.patch_embedding = nn.Conv2d(config.num_channels, self.embed_dim, kernel_size=self.patch_size,
-                                         stride=self.patch_size, bias=False)
-        self.num_patches = (self.image_size // self.patch_size) ** 2
-        self.num_positions = self.num_patches + 1
-        self.position_embedding = nn.Embedding(self.num_positions, self.embed_dim)
-        self.register_buffer("position_ids", _position_ids(self.num_positions), persistent=False)
-
-    def interpolate_pos_encoding(self, embeddings: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """Position table resized (bicubic, no antialias) to the patch grid of a ``height`` x ``width`` input."""
-        table = self.position_embedding.weight.unsqueeze(0)  # (1, 1 + N, D)
-        num_patches, num_positions = embeddings.shape[1] - 1, table.shape[1] - 1
-        if not torch.jit.is_tracing() and num_patches == num_positions and height == width:
-            return table
-        dim = embeddings.shape[-1]
-        side = int(num_positions**0.5)
-        grid = table[:, 1:].reshape(1, side, side, dim).permute(0, 3, 1, 2)  # (1, D, s, s)
-        grid = F.interpolate(grid, size=(height // self.patch_size, width // self.patch_size), mode="bicubic",
-                             align_corners=False)
-        grid = grid.permute(0, 2, 3, 1).reshape(1, -1, dim)  # (1, h*w, D), row-major
-        return torch.cat((table[:, :1], grid), dim=1)
-
-    def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
-        if pixel_values.dim() != 4 or pixel_values.shape[1] != self.config.num_channels:
-            raise ValueError(
-                f"pixel_values must have shape (batch, {self.config.num_channels}, height, width), got "
-                f"{tuple(pixel_values.shape)}. Use CLIPImageProcessor to prepare images.")
-        batch, _, height, width = pixel_values.shape
-        if not interpolate_pos_encoding and (height != self.image_size or width != self.image_size):
-            raise ValueError(
-                f"Input image size ({height}*{width}) doesn't match model ({self.image_size}*{self.image_size}). "
-                "Resize the images to the model's size or pass interpolate_pos_encoding=True.")
-        # casting here is what lets a bf16/fp16 model take the processor's float32 pixels
-        pixel_values = pixel_values.to(dtype=self.patch_embedding.weight.dtype)
-        if pixel_values.is_cuda:
-            # cuDNN runs this stride == kernel convolution (plus an NCHW->NHWC copy) at a fraction of the GEMM
-            # rate: a quarter of a bf16 B/32 forward on an H100/H200. As one matmul it is ~0.1 ms.
-            patches = patch_embedding_as_matmul(pixel_values, self.patch_embedding.weight)  # (B, h*w, D)
-        else:
-            patches = self.patch_embedding(pixel_values)  # (B, D, h, w)
-            patches = patches.flatten(2).transpose(1, 2)  # (B, h*w, D)
-        embeddings = torch.cat([self.class_embedding.expand(batch, 1, -1), patches], dim=1)  # (B, 1 + h*w, D)
-        if interpolate_pos_encoding:
-            return embeddings + self.interpolate_pos_encoding(embeddings, height, width)
-        return embeddings + self.position_embedding.weight.unsqueeze(0)
-
-
-def patch_embedding_as_matmul(pixel_values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """The bias-free patch convolution (stride == kernel, no padding) as one matmul: (B, C, H, W) -> (B, h*w, D).
-
-    Rows and columns past the last whole patch are dropped, as the convolution drops them. Equal to the
-    convolution up to float summation order.
-    """
-    batch, channels, height, width = pixel_values.shape
-    dim, _, patch, _ = weight.shape
-    rows, cols = height // patch, width // patch
-    x = pixel_values[:, :, :rows * patch, :cols * patch]
-    x = x.reshape(batch, channels, rows, patch, cols, patch)  # (B, C, h, p, w, p)
-    x = x.permute(0, 2, 4, 1, 3, 5).reshape(batch, rows * cols, channels * patch * patch)  # (B, h*w, C*p*p)
-    return x @ weight.reshape(dim, -1).t()
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# CPU inference: Linear weights pre-packed for MKL
+# CPU inference: weights pre-packed for MKL
 #
 # A float32 ``F.linear`` on CPU calls MKL's sgemm, which re-packs the whole weight matrix into its blocked layout
 # on every call. At batch 1 (50 tokens) that packing costs about as much as the product itself. So for CPU
 # inference (no autograd) each layer packs its weights once, keeps the packs beside the model, and runs
 # ``cblas_sgemm_compute`` on them: same float32 math (round-off differences only), ~35% faster GEMMs at batch 1 and
-# ~5% at batch 32. q, k and v are packed as one (3D, D) matrix, and quick_gelu's 1.702 is folded into the MLP
-# packs. Packs live in a side table keyed by module (state_dict, deepcopy and pickling never see them) and are
+# ~5% at batch 32. q, k and v are packed as one (3D, D) matrix, quick_gelu's 1.702 is folded into the MLP
+# packs, and the patch embedding is packed as the (D, C*p*p) matrix it is. Packs live in a side table keyed by module (state_dict, deepcopy and pickling never see them) and are
 # rebuilt when a weight changes (new storage or an in-place update). They cost one extra copy of the Linear
 # weights while the model lives; ``model.set_cpu_weight_packing(False)`` turns them off and frees them.
 
@@ -441,14 +332,14 @@ def _weights_key(params: list[torch.Tensor]) -> tuple[tuple[int, int], ...]:
     return tuple((p.data_ptr(), p._version) for p in params)
 
 
-def _cpu_packs(module: nn.Module, x: torch.Tensor, linears: list[nn.Module],
+def _cpu_packs(module: nn.Module, x: torch.Tensor, layers: list[nn.Module],
                build: Callable[[], dict[str, _PackedLinear]]) -> dict[str, _PackedLinear] | None:
-    """The module's packs if ``x`` is a CPU float32 inference input and packing is on, else None (plain path)."""
+    """The module's packs of ``layers`` if ``x`` is a CPU float32 inference input and packing is on, else None."""
     if x.device.type != "cpu" or x.dtype != torch.float32 or not getattr(module, "cpu_weight_packing", False):
         return None
-    if any(type(m) is not nn.Linear or m.weight.dtype != torch.float32 for m in linears):
+    if any(type(m) not in (nn.Linear, nn.Conv2d) or m.weight.dtype != torch.float32 for m in layers):
         return None  # swapped by an opt-in of clipfast.optimize (int8, upcast), or mixed dtypes
-    params = [p for m in linears for p in (m.weight, m.bias) if p is not None]
+    params = [p for m in layers for p in (m.weight, m.bias) if p is not None]
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
         return None  # the packed product has no backward
     if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
@@ -463,6 +354,124 @@ def _cpu_packs(module: nn.Module, x: torch.Tensor, linears: list[nn.Module],
         entry = (key, build())
         _PACKS[module] = entry
     return entry[1]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Embeddings
+
+
+def _position_ids(length: int) -> torch.Tensor:
+    """``arange(length)`` as (1, length); on the CPU when models are built on the meta device for loading, where
+    arange would import torch's symbolic-shape machinery (a third of a second) for a buffer loading replaces."""
+    device = "cpu" if torch.get_default_device().type == "meta" else None
+    return torch.arange(length, device=device).expand((1, -1))
+
+
+class CLIPTextEmbeddings(nn.Module):
+    """Token embedding plus learned absolute position embedding (no scaling, no norm)."""
+
+    def __init__(self, config: CLIPTextConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.token_embedding = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.position_embedding = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.register_buffer("position_ids", _position_ids(config.max_position_embeddings), persistent=False)
+
+    def forward(self, input_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        length = input_ids.shape[-1] if input_ids is not None else inputs_embeds.shape[-2]  # type: ignore[union-attr]
+        max_positions = self.position_embedding.weight.shape[0]
+        if length > max_positions:
+            raise ValueError(
+                f"Sequence length must be less than max_position_embeddings (got `sequence length`: {length} and "
+                f"max_position_embeddings: {max_positions}). Tokenize with truncation=True (and max_length="
+                f"{max_positions}) to cut longer texts.")
+        if inputs_embeds is None:
+            inputs_embeds = self.token_embedding(input_ids)
+        if position_ids is None:
+            # the first T rows of the table: identical to a lookup at arange(T), without the gather
+            return inputs_embeds + self.position_embedding.weight[:length]
+        return inputs_embeds + self.position_embedding(position_ids)
+
+
+class CLIPVisionEmbeddings(nn.Module):
+    """Patchify with a bias-free conv, prepend the class token, add (optionally interpolated) positions."""
+
+    def __init__(self, config: CLIPVisionConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_dim = config.hidden_size
+        self.image_size = config.image_size
+        self.patch_size = config.patch_size
+        self.class_embedding = nn.Parameter(torch.empty(self.embed_dim))  # set by the init rules or the checkpoint
+        self.patch_embedding = nn.Conv2d(config.num_channels, self.embed_dim, kernel_size=self.patch_size,
+                                         stride=self.patch_size, bias=False)
+        self.num_patches = (self.image_size // self.patch_size) ** 2
+        self.num_positions = self.num_patches + 1
+        self.position_embedding = nn.Embedding(self.num_positions, self.embed_dim)
+        self.register_buffer("position_ids", _position_ids(self.num_positions), persistent=False)
+        self.cpu_weight_packing = True
+
+    def interpolate_pos_encoding(self, embeddings: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Position table resized (bicubic, no antialias) to the patch grid of a ``height`` x ``width`` input."""
+        table = self.position_embedding.weight.unsqueeze(0)  # (1, 1 + N, D)
+        num_patches, num_positions = embeddings.shape[1] - 1, table.shape[1] - 1
+        if not torch.jit.is_tracing() and num_patches == num_positions and height == width:
+            return table
+        dim = embeddings.shape[-1]
+        side = int(num_positions**0.5)
+        grid = table[:, 1:].reshape(1, side, side, dim).permute(0, 3, 1, 2)  # (1, D, s, s)
+        grid = F.interpolate(grid, size=(height // self.patch_size, width // self.patch_size), mode="bicubic",
+                             align_corners=False)
+        grid = grid.permute(0, 2, 3, 1).reshape(1, -1, dim)  # (1, h*w, D), row-major
+        return torch.cat((table[:, :1], grid), dim=1)
+
+    def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
+        if pixel_values.dim() != 4 or pixel_values.shape[1] != self.config.num_channels:
+            raise ValueError(
+                f"pixel_values must have shape (batch, {self.config.num_channels}, height, width), got "
+                f"{tuple(pixel_values.shape)}. Use CLIPImageProcessor to prepare images.")
+        batch, _, height, width = pixel_values.shape
+        if not interpolate_pos_encoding and (height != self.image_size or width != self.image_size):
+            raise ValueError(
+                f"Input image size ({height}*{width}) doesn't match model ({self.image_size}*{self.image_size}). "
+                "Resize the images to the model's size or pass interpolate_pos_encoding=True.")
+        # casting here is what lets a bf16/fp16 model take the processor's float32 pixels
+        pixel_values = pixel_values.to(dtype=self.patch_embedding.weight.dtype)
+        if type(self.patch_embedding) is nn.Conv2d:
+            # cuDNN runs this stride == kernel convolution (plus an NCHW->NHWC copy) at a fraction of the GEMM
+            # rate: a quarter of a bf16 B/32 forward on an H100/H200; oneDNN's takes ~1.4x the matmul on CPU
+            packs = _cpu_packs(self, pixel_values, [self.patch_embedding], self._pack)
+            patches = patch_embedding_as_matmul(pixel_values, self.patch_embedding.weight,
+                                                packs["patch"] if packs is not None else None)  # (B, h*w, D)
+        else:  # a convolution swapped in by the user: call it
+            patches = self.patch_embedding(pixel_values).flatten(2).transpose(1, 2)  # (B, h*w, D)
+        embeddings = torch.cat([self.class_embedding.expand(batch, 1, -1), patches], dim=1)  # (B, 1 + h*w, D)
+        if interpolate_pos_encoding:
+            return embeddings + self.interpolate_pos_encoding(embeddings, height, width)
+        return embeddings + self.position_embedding.weight.unsqueeze(0)
+
+
+    def _pack(self) -> dict[str, _PackedLinear]:
+        """The patch convolution's weight as a packed (D, C*p*p) matrix (CPU inference)."""
+        weight = self.patch_embedding.weight
+        return {"patch": _PackedLinear([weight.reshape(weight.shape[0], -1)], [None])}
+
+
+def patch_embedding_as_matmul(pixel_values: torch.Tensor, weight: torch.Tensor,
+                              packed: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """The bias-free patch convolution (stride == kernel, no padding) as one matmul: (B, C, H, W) -> (B, h*w, D).
+
+    Rows and columns past the last whole patch are dropped, as the convolution drops them. Equal to the
+    convolution up to float summation order. ``packed``, if given, multiplies by the packed weight instead.
+    """
+    batch, channels, height, width = pixel_values.shape
+    dim, _, patch, _ = weight.shape
+    rows, cols = height // patch, width // patch
+    x = pixel_values[:, :, :rows * patch, :cols * patch]
+    x = x.reshape(batch, channels, rows, patch, cols, patch)  # (B, C, h, p, w, p)
+    x = x.permute(0, 2, 4, 1, 3, 5).reshape(batch, rows * cols, channels * patch * patch)  # (B, h*w, C*p*p)
+    return packed(x) if packed is not None else x @ weight.reshape(dim, -1).t()
 
 
 # ---------------------------------------------------------------------------------------------------------------
