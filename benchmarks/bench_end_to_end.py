@@ -8,6 +8,7 @@ with ``clipfast.convert.hf_to_openai``) and run with the same torch threads, int
 - open_clip: PIL open -> its own preprocess transform (torchvision) -> ``encode_image``.
 
     python benchmarks/bench_end_to_end.py [--quick] [--images 64] [--batch 32] [--device cpu|cuda]
+        [--dtype float32] [--ours-dtype bfloat16]
 """
 
 from __future__ import annotations
@@ -104,14 +105,17 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--ours-dtype", default=None,
+                        help="clipfast's dtype when it should differ from the references' (e.g. bfloat16 on AMX CPUs)")
     parser.add_argument("--arch", default="B/32", choices=["B/32"], help="open_clip's config is ViT-B-32")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
+    ours_dtype = getattr(torch, args.ours_dtype or args.dtype)
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = make_checkpoint(Path(tmp), args.arch)
         photos = make_photos(Path(tmp), args.images)
-        embedders = {"clipfast": clipfast_embedder(ckpt, args.device, dtype, fast=args.device == "cuda"),
+        embedders = {"clipfast": clipfast_embedder(ckpt, args.device, ours_dtype, fast=args.device == "cuda"),
                      "transformers": transformers_embedder(ckpt, args.device, dtype),
                      "open_clip": open_clip_embedder(ckpt, args.device, dtype)}
         runs = {name: batched(fn, args.batch) for name, fn in embedders.items()}
@@ -119,7 +123,9 @@ def main() -> None:
         times = interleaved({name: (lambda run=run: (run(photos), sync())) for name, run in runs.items()},
                             repeats=1 if args.quick else 3)
     row: dict[str, object] = {"path": f"JPEG folder -> normalized embeddings ({args.images} x 640x480, "
-                              f"{args.arch}, {args.dtype})", "batch": args.batch, "unit": "images/s",
+                              f"{args.arch}, {args.dtype}"
+                              + (f", clipfast in {args.ours_dtype}" if ours_dtype != dtype else "") + ")",
+                              "batch": args.batch, "unit": "images/s",
                               "device": args.device}
     row.update({name: args.images / t for name, t in times.items()})
     row["speedup"] = times["transformers"] / times["clipfast"]
@@ -127,7 +133,8 @@ def main() -> None:
     for name in ("transformers", "open_clip"):
         # 1 - the smallest cosine between our and their embedding of the same photo (0 = same)
         row[f"1-cos vs {name}"] = 1.0 - float((outputs["clipfast"] * outputs[name]).sum(-1).min())
-    report(f"end_to_end_{args.device}_{args.dtype}", [row])
+    suffix = f"_ours_{args.ours_dtype}" if ours_dtype != dtype else ""
+    report(f"end_to_end_{args.device}_{args.dtype}{suffix}", [row])
 
 
 if __name__ == "__main__":
