@@ -53,6 +53,23 @@ def test_quantize_int8_close_to_fp32(model, inputs, per_channel):
     assert _min_cosine(q_text, text) > 0.98
 
 
+@pytest.mark.parametrize("engine", [e for e in ("x86", "fbgemm", "onednn") if e in
+                                    torch.backends.quantized.supported_engines])
+def test_quantize_int8_each_engine_close_and_global_engine_restored(model, inputs, engine):
+    """The layers are packed for ``engine`` and keep it; the process-wide engine setting is left as it was."""
+    before = torch.backends.quantized.engine
+    image, text = _embeddings(model, *inputs)
+    quantized = quantize_int8(copy.deepcopy(model), engine=engine)
+    assert torch.backends.quantized.engine == before
+    q_image, q_text = _embeddings(quantized, *inputs)
+    assert _min_cosine(q_image, image) > 0.98 and _min_cosine(q_text, text) > 0.98
+
+
+def test_quantize_int8_unknown_engine_is_a_clear_error(model):
+    with pytest.raises(ValueError, match="quantized engine"):
+        quantize_int8(model, engine="tpu")
+
+
 def test_quantize_int8_refuses_non_fp32(model):
     with pytest.raises(ValueError, match="float32"):
         quantize_int8(model.to(torch.bfloat16))
@@ -141,3 +158,27 @@ def test_compile_same_outputs_and_keys(model, inputs):
     assert set(compiled.state_dict()) == keys
     torch.testing.assert_close(c_image, image, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(c_text, text, rtol=1e-4, atol=1e-5)
+
+
+def test_swapped_mlp_layers_keep_quick_gelu(model):
+    """With int8 (or any swapped) layers the MLP applies quick_gelu in place; same values as the plain formula."""
+    from clipfast.modeling import quick_gelu
+
+    mlp = quantize_int8(copy.deepcopy(model)).vision_model.encoder.layers[0].mlp
+    x = torch.randn(2, 5, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(mlp(x), mlp.fc2(quick_gelu(mlp.fc1(x))), atol=1e-5, rtol=1e-4)
+
+    class Cached(nn.Module):  # a user's layer that hands back a tensor it keeps: must not be overwritten
+        def __init__(self) -> None:
+            super().__init__()
+            self.value = torch.randn(2, 5, 128)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.value
+
+    mlp.fc1 = Cached()
+    before = mlp.fc1.value.clone()
+    with torch.inference_mode():
+        torch.testing.assert_close(mlp(x), mlp.fc2(quick_gelu(before)))
+    assert torch.equal(mlp.fc1.value, before)

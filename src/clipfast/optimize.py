@@ -28,12 +28,17 @@ from torch import nn
 __all__ = ["quantize_int8", "cpu_has_native_bf16", "cpu_bf16_as_fp32", "UpcastLinear", "cpu_bf16_matmuls", "compile"]
 
 
-def quantize_int8(model: nn.Module, per_channel: bool = True) -> nn.Module:
+def quantize_int8(model: nn.Module, per_channel: bool = True, engine: str | None = None) -> nn.Module:
     """Replace every ``nn.Linear`` by a dynamically quantised int8 one (weights int8, activations quantised per call).
 
-    CPU inference only: the quantised layers run on the fbgemm/x86 or qnnpack engines. ``per_channel=True`` keeps
-    one scale per output row, which keeps the embeddings much closer to float32 than one scale per matrix, at
-    about the same speed. The patch embedding (a Conv2d), embeddings and LayerNorms stay float32.
+    CPU inference only. ``per_channel=True`` keeps one scale per output row, which keeps the embeddings much
+    closer to float32 than one scale per matrix, at about the same speed. The patch embedding, embeddings and
+    LayerNorms stay float32.
+
+    ``engine`` is the quantized backend whose kernels the layers are packed for (the layers keep it whatever
+    ``torch.backends.quantized.engine`` says later). By default: ``"onednn"`` on CPUs with AMX, whose int8 tile
+    units it uses (a ViT-B/32 image encoder at batch 32 ran 2.5x float32 instead of 1.5x with ``"x86"``, same
+    embeddings), else the current engine (``"x86"``/fbgemm on x86).
 
     Example:
         >>> model = quantize_int8(model.eval())                            # doctest: +SKIP
@@ -42,14 +47,30 @@ def quantize_int8(model: nn.Module, per_channel: bool = True) -> nn.Module:
         raise ValueError("quantize_int8 runs on CPU only; call model.to('cpu') first (on GPU, use bfloat16).")
     if any(p.dtype != torch.float32 for p in model.parameters() if p.is_floating_point()):
         raise ValueError("quantize_int8 needs a float32 model; call model.float() first.")
+    supported = torch.backends.quantized.supported_engines
+    engine = engine or ("onednn" if _cpu_has_amx() and "onednn" in supported else torch.backends.quantized.engine)
+    if engine not in supported:
+        raise ValueError(f"engine={engine!r} is not a quantized engine of this PyTorch build; choose one of "
+                         f"{[e for e in supported if e != 'none']}.")
     from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
 
     qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
-    with warnings.catch_warnings():
-        # torch >= 2.9 flags torch.ao.quantization as deprecated in favour of torchao, an extra download;
-        # the eager dynamic path still works and is what this opt-in uses
-        warnings.filterwarnings("ignore", message=r"torch\.(ao\.quantization|quantize_per)")
-        return quantize_dynamic(model.eval(), {nn.Linear: qconfig}, dtype=torch.qint8, inplace=True)
+    previous = torch.backends.quantized.engine
+    try:
+        torch.backends.quantized.engine = engine  # read while the weights are packed, not after
+        with warnings.catch_warnings():
+            # torch >= 2.9 flags torch.ao.quantization as deprecated in favour of torchao, an extra download;
+            # the eager dynamic path still works and is what this opt-in uses
+            warnings.filterwarnings("ignore", message=r"torch\.(ao\.quantization|quantize_per)")
+            return quantize_dynamic(model.eval(), {nn.Linear: qconfig}, dtype=torch.qint8, inplace=True)
+    finally:
+        torch.backends.quantized.engine = previous
+
+
+def _cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tile units (int8/bf16 matrix engines), as PyTorch reports it."""
+    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(check()) if check is not None else False
 
 
 def cpu_has_native_bf16() -> bool:
