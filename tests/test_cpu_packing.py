@@ -173,3 +173,26 @@ def test_packed_linear_any_row_count(rows):
         torch.testing.assert_close(packed(x), linear(x), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(packed(x.view(1, rows, 48)), linear(x).view(1, rows, 40), atol=1e-5, rtol=1e-5)
         assert packed(torch.randn(0, 48)).shape == (0, 40)
+
+
+def test_moving_the_model_drops_its_packs(text_inputs, pixel_values):
+    model = _model()
+    with torch.no_grad():
+        expected = _outputs(model, text_inputs, pixel_values)
+    assert _packed_modules(model) > 0
+    model.to(torch.float64)
+    assert _packed_modules(model) == 0
+    model.float()
+    with torch.no_grad():  # back in float32 on CPU: packed again, same numbers
+        _assert_close(_outputs(model, text_inputs, pixel_values), expected)
+    assert _packed_modules(model) > 0
+
+
+@pytest.mark.parametrize("out_features,in_features", [(1, 1), (3, 5), (37, 13), (2304, 768), (5, 3072)])
+def test_packed_linear_odd_shapes(out_features, in_features):
+    linear = torch.nn.Linear(in_features, out_features)
+    packed = modeling._PackedLinear([linear.weight], [linear.bias], scale=1.702, bias_scale=1.0)
+    x = torch.randn(9, in_features)
+    with torch.no_grad():
+        expected = x @ (linear.weight * 1.702).t() + linear.bias
+        torch.testing.assert_close(packed(x), expected, atol=1e-4, rtol=1e-5)

@@ -891,6 +891,12 @@ class CLIPPreTrainedModel(nn.Module):
             if isinstance(module, CLIPEncoder):
                 module.gradient_checkpointing = False
 
+    def _apply(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``to()``, ``cuda()``, ``half()``... also drop the CPU weight packs, which the moved weights no longer use."""
+        for module in self.modules():
+            _PACKS.pop(module, None)
+        return super()._apply(fn, *args, **kwargs)
+
     def set_cpu_weight_packing(self, enabled: bool = True) -> None:
         """Turn MKL weight packing for float32 CPU inference on (the default) or off.
 
