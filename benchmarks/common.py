@@ -41,10 +41,10 @@ def report(name: str, rows: list[dict[str, object]]) -> None:
     """Print rows as a Markdown table and write them, with the machine, to results/<name>.json."""
     if not rows:
         return
-    keys = list(rows[0])
+    keys = list(dict.fromkeys(key for row in rows for key in row))  # every row's columns, first-seen order
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for row in rows:
-        lines.append("| " + " | ".join(_fmt(row[k]) for k in keys) + " |")
+        lines.append("| " + " | ".join(_fmt(row.get(k, "")) for k in keys) + " |")
     print("\n".join(lines))
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
@@ -53,5 +53,7 @@ def report(name: str, rows: list[dict[str, object]]) -> None:
 
 def _fmt(value: object) -> str:
     if isinstance(value, float):
+        if value != value:  # NaN: not measured for this row
+            return ""
         return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
     return str(value)
