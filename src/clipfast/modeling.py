@@ -263,10 +263,11 @@ def _causal_mask(batch: int, length: int, dtype: torch.dtype, device: torch.devi
 # on every call. At batch 1 (50 tokens) that packing costs about as much as the product itself. So for CPU
 # inference (no autograd) each layer packs its weights once, keeps the packs beside the model, and runs
 # ``cblas_sgemm_compute`` on them: same float32 math (round-off differences only), ~35% faster GEMMs at batch 1 and
-# ~5% at batch 32. q, k and v are packed as one (3D, D) matrix, quick_gelu's 1.702 is folded into the MLP
-# packs, and the patch embedding is packed as the (D, C*p*p) matrix it is. Packs live in a side table keyed by module (state_dict, deepcopy and pickling never see them) and are
-# rebuilt when a weight changes (new storage or an in-place update). They cost one extra copy of the Linear
-# weights while the model lives; ``model.set_cpu_weight_packing(False)`` turns them off and frees them.
+# ~5% at batch 32. q, k and v are packed as one (3D, D) matrix, quick_gelu's 1.702 is folded into the MLP packs,
+# and the patch embedding is packed as the (D, C*p*p) matrix it is. Packs live in a side table keyed by module
+# (state_dict, deepcopy and pickling never see them) and are rebuilt when a weight changes (new storage or an
+# in-place update). They cost one extra copy of the Linear weights while the model lives;
+# ``model.set_cpu_weight_packing(False)`` turns them off and frees them, and moving or casting the model drops them.
 
 _PACKS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[tuple[int, int], ...], dict[str, _PackedLinear]]] = (
     weakref.WeakKeyDictionary())
