@@ -3,7 +3,9 @@
 All three hold the same full-size ViT-B/32 random weights (written by transformers; converted to open_clip's keys
 with ``clipfast.convert.hf_to_openai``) and run with the same torch threads, interleaved call by call:
 
-- clipfast: ``load_images`` (thread pool) -> ``CLIPImageProcessor`` -> ``CLIPModel.get_image_features``.
+- clipfast: ``iter_image_batches`` (decode + preprocess on a thread pool, next batch prepared ahead) ->
+  ``CLIPModel.get_image_features`` with the opt-in float32 CPU weight packing (``set_cpu_weight_packing()``;
+  it does nothing on GPUs or in other dtypes).
 - transformers: PIL open + convert -> its ``CLIPImageProcessor`` -> its ``CLIPModel.get_image_features``.
 - open_clip: PIL open -> its own preprocess transform (torchvision) -> ``encode_image``.
 
@@ -49,7 +51,7 @@ def clipfast_embedder(path: Path, device: str, dtype: torch.dtype, fast: bool) -
     import clipfast
     from clipfast.image_io import iter_image_batches
 
-    model = clipfast.CLIPModel.from_pretrained(path, torch_dtype=dtype).to(device).eval()
+    model = clipfast.CLIPModel.from_pretrained(path, torch_dtype=dtype).to(device).eval().set_cpu_weight_packing()
     processor = clipfast.CLIPImageProcessorFast() if fast else clipfast.CLIPImageProcessor()
     kwargs = {"device": device} if fast else {}
 

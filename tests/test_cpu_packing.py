@@ -1,4 +1,4 @@
-"""MKL weight packing for float32 CPU inference: same numbers as the plain path, used only where it is safe."""
+"""MKL weight packing for float32 CPU inference (opt-in): same numbers as the plain path, used only where safe."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(not modeling.mkl_packing_available(), reason="th
 
 
 def _model(**overrides) -> clipfast.CLIPModel:
-    return clipfast.CLIPModel(clipfast.CLIPConfig(**tiny_config_dict(**overrides))).eval()
+    return clipfast.CLIPModel(clipfast.CLIPConfig(**tiny_config_dict(**overrides))).eval().set_cpu_weight_packing()
 
 
 def _packed_modules(model: torch.nn.Module) -> int:
@@ -196,3 +196,91 @@ def test_packed_linear_odd_shapes(out_features, in_features):
     with torch.no_grad():
         expected = x @ (linear.weight * 1.702).t() + linear.bias
         torch.testing.assert_close(packed(x), expected, atol=1e-4, rtol=1e-5)
+
+
+def test_packing_is_opt_in(text_inputs, pixel_values):
+    model = clipfast.CLIPModel(clipfast.CLIPConfig(**tiny_config_dict())).eval()
+    with torch.no_grad():
+        _outputs(model, text_inputs, pixel_values)
+    assert _packed_modules(model) == 0
+    assert model.set_cpu_weight_packing() is model
+
+
+def test_data_writes_are_seen_after_opting_in_again(text_inputs, pixel_values):
+    """``param.data`` writes bump no version counter: calling set_cpu_weight_packing again repacks."""
+    model = _model()
+    with torch.no_grad():
+        _outputs(model, text_inputs, pixel_values)
+        for param in model.parameters():
+            param.data.mul_(1.01)
+    model.set_cpu_weight_packing(True)
+    with torch.no_grad():
+        got = _outputs(model, text_inputs, pixel_values)
+    _assert_close(got, _plain(model, text_inputs, pixel_values))
+
+
+@pytest.mark.parametrize("where", ["fc1", "q_proj", "patch_embedding", "global"])
+def test_hooked_layers_are_called(where, text_inputs, pixel_values):
+    """Forward hooks (feature capture, pruning, ...) on a layer make the fast paths call that layer."""
+    model = _model()
+    layer = {"fc1": model.vision_model.encoder.layers[1].mlp.fc1,
+             "q_proj": model.vision_model.encoder.layers[0].self_attn.q_proj,
+             "patch_embedding": model.vision_model.embeddings.patch_embedding,
+             "global": model.vision_model.encoder.layers[0].mlp.fc2}[where]
+    seen = []
+
+    def hook(module, args, output):
+        if module is not layer:
+            return None
+        seen.append(output.shape)
+        return output * 2  # a hook that changes the output must change the result
+
+    if where == "global":
+        handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    else:
+        handle = layer.register_forward_hook(hook)
+    try:
+        expected = _plain(model, text_inputs, pixel_values)
+        seen.clear()
+        with torch.no_grad():
+            got = _outputs(model, text_inputs, pixel_values)
+    finally:
+        handle.remove()
+    assert seen, "the hook did not run"
+    _assert_close(got, expected)
+    with torch.no_grad():
+        unhooked = _outputs(model, text_inputs, pixel_values)
+    assert not torch.allclose(unhooked["image"], got["image"])
+
+
+def test_pipeline_packs_the_model_it_loads(tmp_path):
+    clipfast.CLIPModel(clipfast.CLIPConfig(**tiny_config_dict())).save_pretrained(tmp_path)
+    from clipfast.pipelines import _load_source
+
+    model, _, _ = _load_source(str(tmp_path), None, object(), object(), None, {}, True, {})
+    assert all(m.cpu_weight_packing for m in model.modules() if hasattr(m, "cpu_weight_packing"))
+
+
+@pytest.mark.parametrize("overrides", [{}, dict(text={"hidden_act": "gelu", "num_attention_heads": 2},
+                                                vision={"hidden_act": "gelu", "image_size": 33, "patch_size": 5,
+                                                        "num_channels": 1})], ids=["default", "gelu-1ch-odd"])
+def test_packed_model_matches_transformers(overrides, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = tiny_config_dict(**overrides)
+    ref = transformers.CLIPModel(transformers.CLIPConfig(**config)).eval()
+    ref.save_pretrained(tmp_path)
+    ours = clipfast.CLIPModel.from_pretrained(tmp_path).set_cpu_weight_packing()
+    vision = config["vision_config"]
+    pixels = torch.randn(3, vision.get("num_channels", 3), vision["image_size"], vision["image_size"])
+    ids = torch.randint(1, 97, (2, 9))
+    ids[:, -1] = 98
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    with torch.inference_mode():
+        expected = ref(input_ids=ids, attention_mask=mask, pixel_values=pixels, output_hidden_states=True)
+        got = ours(input_ids=ids, attention_mask=mask, pixel_values=pixels, output_hidden_states=True)
+    assert _packed_modules(ours) > 0
+    for name in ("logits_per_image", "text_embeds", "image_embeds"):
+        torch.testing.assert_close(got[name], expected[name], atol=1e-5, rtol=1e-4, msg=name)
+    for a, b in zip(got.vision_model_output.hidden_states, expected.vision_model_output.hidden_states):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

@@ -265,9 +265,11 @@ def _causal_mask(batch: int, length: int, dtype: torch.dtype, device: torch.devi
 # ``cblas_sgemm_compute`` on them: same float32 math (round-off differences only), ~35% faster GEMMs at batch 1 and
 # ~5% at batch 32. q, k and v are packed as one (3D, D) matrix, quick_gelu's 1.702 is folded into the MLP packs,
 # and the patch embedding is packed as the (D, C*p*p) matrix it is. Packs live in a side table keyed by module
-# (state_dict, deepcopy and pickling never see them) and are rebuilt when a weight changes (new storage or an
-# in-place update). They cost one extra copy of the Linear weights while the model lives;
-# ``model.set_cpu_weight_packing(False)`` turns them off and frees them, and moving or casting the model drops them.
+# (state_dict, deepcopy and pickling never see them) and are rebuilt when a weight changes through the parameter
+# (new storage, or any in-place update, which bumps its version counter). Writes through ``param.data`` bump no
+# counter and go unseen, and the packs cost one extra copy of the Linear weights: hence opt-in,
+# ``model.set_cpu_weight_packing(True)`` (the pipeline turns it on for the models it loads itself). Moving or
+# casting the model drops the packs.
 
 _PACKS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[tuple[int, int], ...], dict[str, _PackedLinear]]] = (
     weakref.WeakKeyDictionary())
@@ -328,6 +330,15 @@ class _PackedLinear:
         return torch.ops.mkl._mkl_linear(x, self.packed, self.shape, self.bias, rows)
 
 
+def _hooked(layer: nn.Module) -> bool:
+    """Whether calling ``layer`` does more than its forward (hooks, pruning, parametrized weights), so the fast
+    paths that use its weights directly must call it instead."""
+    from torch.nn.modules import module as torch_module
+
+    return bool(layer._forward_hooks or layer._forward_pre_hooks or hasattr(layer, "parametrizations")
+                or torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks)
+
+
 def _weights_key(params: list[torch.Tensor]) -> tuple[tuple[int, int], ...]:
     """Changes whenever a parameter gets new storage or is updated in place (optimizer step, load_state_dict)."""
     return tuple((p.data_ptr(), p._version) for p in params)
@@ -338,8 +349,8 @@ def _cpu_packs(module: nn.Module, x: torch.Tensor, layers: list[nn.Module],
     """The module's packs of ``layers`` if ``x`` is a CPU float32 inference input and packing is on, else None."""
     if x.device.type != "cpu" or x.dtype != torch.float32 or not getattr(module, "cpu_weight_packing", False):
         return None
-    if any(type(m) not in (nn.Linear, nn.Conv2d) or m.weight.dtype != torch.float32 for m in layers):
-        return None  # swapped by an opt-in of clipfast.optimize (int8, upcast), or mixed dtypes
+    if any(type(m) not in (nn.Linear, nn.Conv2d) or m.weight.dtype != torch.float32 or _hooked(m) for m in layers):
+        return None  # swapped by an opt-in of clipfast.optimize (int8, upcast), mixed dtypes, or hooked
     params = [p for m in layers for p in (m.weight, m.bias) if p is not None]
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
         return None  # the packed product has no backward
@@ -411,7 +422,7 @@ class CLIPVisionEmbeddings(nn.Module):
         self.num_positions = self.num_patches + 1
         self.position_embedding = nn.Embedding(self.num_positions, self.embed_dim)
         self.register_buffer("position_ids", _position_ids(self.num_positions), persistent=False)
-        self.cpu_weight_packing = True
+        self.cpu_weight_packing = False  # opt-in: CLIPPreTrainedModel.set_cpu_weight_packing
 
     def interpolate_pos_encoding(self, embeddings: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Position table resized (bicubic, no antialias) to the patch grid of a ``height`` x ``width`` input."""
@@ -439,13 +450,13 @@ class CLIPVisionEmbeddings(nn.Module):
                 "Resize the images to the model's size or pass interpolate_pos_encoding=True.")
         # casting here is what lets a bf16/fp16 model take the processor's float32 pixels
         pixel_values = pixel_values.to(dtype=self.patch_embedding.weight.dtype)
-        if type(self.patch_embedding) is nn.Conv2d:
+        if type(self.patch_embedding) is nn.Conv2d and not _hooked(self.patch_embedding):
             # cuDNN runs this stride == kernel convolution (plus an NCHW->NHWC copy) at a fraction of the GEMM
             # rate: a quarter of a bf16 B/32 forward on an H100/H200; oneDNN's takes ~1.4x the matmul on CPU
             packs = _cpu_packs(self, pixel_values, [self.patch_embedding], self._pack)
             patches = patch_embedding_as_matmul(pixel_values, self.patch_embedding.weight,
                                                 packs["patch"] if packs is not None else None)  # (B, h*w, D)
-        else:  # a convolution swapped in by the user: call it
+        else:  # a convolution swapped in by the user, or hooked: call it
             patches = self.patch_embedding(pixel_values).flatten(2).transpose(1, 2)  # (B, h*w, D)
         embeddings = torch.cat([self.class_embedding.expand(batch, 1, -1), patches], dim=1)  # (B, 1 + h*w, D)
         if interpolate_pos_encoding:
@@ -499,7 +510,7 @@ class CLIPAttention(nn.Module):
         self.v_proj = nn.Linear(self.embed_dim, self.embed_dim)
         self.q_proj = nn.Linear(self.embed_dim, self.embed_dim)
         self.out_proj = nn.Linear(self.embed_dim, self.embed_dim)
-        self.cpu_weight_packing = True
+        self.cpu_weight_packing = False  # opt-in: CLIPPreTrainedModel.set_cpu_weight_packing
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 causal_attention_mask: torch.Tensor | None = None,
@@ -564,7 +575,7 @@ class CLIPMLP(nn.Module):
         self.activation_fn = _activation(config.hidden_act)
         self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
-        self.cpu_weight_packing = True
+        self.cpu_weight_packing = False  # opt-in: CLIPPreTrainedModel.set_cpu_weight_packing
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         packs = _cpu_packs(self, hidden_states, [self.fc1, self.fc2], self._pack)
@@ -576,7 +587,7 @@ class CLIPMLP(nn.Module):
         if self.activation_fn is quick_gelu and not (torch.is_grad_enabled() and hidden_states.requires_grad):
             if self._plain_linears(hidden_states):
                 return self._quick_gelu_mlp(hidden_states)
-            if _makes_new_tensor(self.fc1):
+            if _makes_new_tensor(self.fc1) and not _hooked(self.fc1):
                 # layers swapped by clipfast.optimize (int8, upcast): quick_gelu in place, as silu(1.702 z) / 1.702,
                 # instead of three new (B, T, intermediate) tensors (~30% of an int8 forward at batch 32)
                 hidden = self.fc1(hidden_states).mul_(1.702)
@@ -590,8 +601,10 @@ class CLIPMLP(nn.Module):
                 "fc2": _PackedLinear([self.fc2.weight], [self.fc2.bias], 1 / scale, bias_scale=1.0)}
 
     def _plain_linears(self, x: torch.Tensor) -> bool:
-        """fc1 and fc2 are still ``nn.Linear`` in ``x``'s dtype (not swapped by an opt-in of clipfast.optimize)."""
-        return type(self.fc1) is nn.Linear and type(self.fc2) is nn.Linear and self.fc1.weight.dtype == x.dtype
+        """fc1 and fc2 are still plain ``nn.Linear`` in ``x``'s dtype (not swapped by an opt-in of
+        clipfast.optimize, not hooked)."""
+        return (type(self.fc1) is nn.Linear and type(self.fc2) is nn.Linear and self.fc1.weight.dtype == x.dtype
+                and not _hooked(self.fc1) and not _hooked(self.fc2))
 
     def _quick_gelu_mlp(self, x: torch.Tensor) -> torch.Tensor:
         """Inference MLP with quick_gelu folded into the matmuls: ``z sigmoid(1.702 z) = silu(1.702 z) / 1.702``.
@@ -898,18 +911,25 @@ class CLIPPreTrainedModel(nn.Module):
             _PACKS.pop(module, None)
         return super()._apply(fn, *args, **kwargs)
 
-    def set_cpu_weight_packing(self, enabled: bool = True) -> None:
-        """Turn MKL weight packing for float32 CPU inference on (the default) or off.
+    def set_cpu_weight_packing(self, enabled: bool = True) -> "CLIPPreTrainedModel":
+        """Opt in to (or out of) MKL weight packing for float32 CPU inference; returns the model.
 
-        Packing makes CPU inference faster (~1.3x at batch 1 for ViT-B/32, less at large batches) and costs one
-        extra copy of the Linear weights of each tower that has run on CPU (~340 MB for a B/32 vision tower).
-        Turning it off frees the packs now.
+        Each encoder layer then packs its float32 weights once, on its first CPU call without autograd, and
+        multiplies by the packs from then on: the same float32 math, ~1.3x faster at batch 1 for ViT-B/32 (~1.05x
+        at batch 32). The packs cost one extra copy of the Linear weights of each tower that ran on CPU (~340 MB
+        for the B/32 vision tower) and are rebuilt when a parameter changes through autograd-visible operations
+        (``load_state_dict``, optimizer steps, ``with torch.no_grad(): w.copy_(...)``). Writes through
+        ``param.data`` are not seen: call this again after them (it drops the packs, so the next call repacks).
+        Off: the packs are freed.
+
+        Example:
+            >>> model = CLIPModel.from_pretrained(path).eval().set_cpu_weight_packing()  # doctest: +SKIP
         """
         for module in self.modules():
             if hasattr(module, "cpu_weight_packing"):
                 module.cpu_weight_packing = bool(enabled)
-                if not enabled:
-                    _PACKS.pop(module, None)
+                _PACKS.pop(module, None)
+        return self
 
     @property
     def is_gradient_checkpointing(self) -> bool:

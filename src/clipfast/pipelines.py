@@ -215,11 +215,12 @@ def _load_source(source: str | os.PathLike, dtype: Any, tokenizer: Any, image_pr
         tokenizer, image_processor = tokenizer or processor.tokenizer, image_processor or processor.image_processor
     if is_foreign(source, **hub):
         model, default_tokenizer, default_processor = load(source, torch_dtype=dtype, **hub, **model_kwargs)
-        return model, tokenizer or default_tokenizer, image_processor or default_processor
+        # the pipeline owns this model and never changes its weights: packed float32 CPU weights are safe here
+        return model.set_cpu_weight_packing(), tokenizer or default_tokenizer, image_processor or default_processor
     from clipfast.auto import AutoImageProcessor, AutoModelForZeroShotImageClassification, AutoTokenizer
 
     model = AutoModelForZeroShotImageClassification.from_pretrained(source, torch_dtype=dtype, **hub,
-                                                                     **model_kwargs)
+                                                                     **model_kwargs).set_cpu_weight_packing()
     if isinstance(tokenizer, (str, os.PathLike)) or tokenizer is None:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer or source, use_fast=use_fast, **hub)
     if isinstance(image_processor, (str, os.PathLike)) or image_processor is None:
