@@ -21,6 +21,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as _torch_module  # the global forward-hook registries
 
 from clipfast.configuration import CLIPConfig, CLIPTextConfig, CLIPVisionConfig, PretrainedConfig
 
@@ -333,10 +334,8 @@ class _PackedLinear:
 def _hooked(layer: nn.Module) -> bool:
     """Whether calling ``layer`` does more than its forward (hooks, pruning, parametrized weights), so the fast
     paths that use its weights directly must call it instead."""
-    from torch.nn.modules import module as torch_module
-
     return bool(layer._forward_hooks or layer._forward_pre_hooks or hasattr(layer, "parametrizations")
-                or torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks)
+                or _torch_module._global_forward_hooks or _torch_module._global_forward_pre_hooks)
 
 
 def _weights_key(params: list[torch.Tensor]) -> tuple[tuple[int, int], ...]:
