@@ -20,18 +20,24 @@ def _model(**overrides) -> clipfast.CLIPModel:
     return clipfast.CLIPModel(clipfast.CLIPConfig(**tiny_config_dict(**overrides))).eval().set_cpu_weight_packing()
 
 
+def _has_packs(module: torch.nn.Module) -> bool:
+    return modeling._PACKS.get(module, (None, None))[1] is not None
+
+
 def _packed_modules(model: torch.nn.Module) -> int:
-    return sum(module in modeling._PACKS for module in model.modules())
+    return sum(_has_packs(module) for module in model.modules())
 
 
 def _packed_layers(model: torch.nn.Module) -> int:
     """Packed attention and MLP modules (the patch embedding, outside the encoders, not counted)."""
-    return sum(module in modeling._PACKS for module in model.modules()
+    return sum(_has_packs(module) for module in model.modules()
                if isinstance(module, (modeling.CLIPAttention, modeling.CLIPMLP)))
 
 
 def _outputs(model: clipfast.CLIPModel, text_inputs, pixel_values) -> dict[str, torch.Tensor]:
+    """The model's outputs from its second call (layers pack on their second call with the same weights)."""
     ids, mask = text_inputs
+    model(input_ids=ids, attention_mask=mask, pixel_values=pixel_values)
     out = model(input_ids=ids, attention_mask=mask, pixel_values=pixel_values, output_hidden_states=True)
     return {"text": out.text_embeds, "image": out.image_embeds, "logits": out.logits_per_image,
             "hidden": out.vision_model_output.hidden_states[-1]}
@@ -140,18 +146,21 @@ def test_bf16_matmul_settings_are_respected(text_inputs, pixel_values, monkeypat
 def test_other_dtypes_and_swapped_layers_use_plain_path(text_inputs, pixel_values):
     model = _model().to(torch.bfloat16)
     with torch.no_grad():
-        model.get_image_features(pixel_values=pixel_values)
+        for _ in range(2):
+            model.get_image_features(pixel_values=pixel_values)
     assert _packed_modules(model) == 0
     model = quantize_int8(_model())  # Linear layers only: the patch convolution stays float32
     with torch.no_grad():
-        model.get_image_features(pixel_values=pixel_values)
+        for _ in range(2):
+            model.get_image_features(pixel_values=pixel_values)
     assert _packed_layers(model) == 0
 
 
 def test_weights_made_under_inference_mode(text_inputs, pixel_values):
     with torch.inference_mode():
         model = _model()
-        model.get_image_features(pixel_values=pixel_values)
+        for _ in range(2):
+            model.get_image_features(pixel_values=pixel_values)
     assert _packed_modules(model) == 0
 
 
@@ -278,9 +287,27 @@ def test_packed_model_matches_transformers(overrides, tmp_path):
     mask[1, 5:] = 0
     with torch.inference_mode():
         expected = ref(input_ids=ids, attention_mask=mask, pixel_values=pixels, output_hidden_states=True)
+        ours(input_ids=ids, attention_mask=mask, pixel_values=pixels)  # layers pack on their second call
         got = ours(input_ids=ids, attention_mask=mask, pixel_values=pixels, output_hidden_states=True)
     assert _packed_modules(ours) > 0
     for name in ("logits_per_image", "text_embeds", "image_embeds"):
         torch.testing.assert_close(got[name], expected[name], atol=1e-5, rtol=1e-4, msg=name)
     for a, b in zip(got.vision_model_output.hidden_states, expected.vision_model_output.hidden_states):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_one_shot_use_does_not_pack(text_inputs, pixel_values):
+    """Packing costs about two plain calls: a layer packs on its second call with the same weights."""
+    model = _model()
+    ids, mask = text_inputs
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask, pixel_values=pixel_values)
+        assert _packed_modules(model) == 0
+        model(input_ids=ids, attention_mask=mask, pixel_values=pixel_values)
+        assert _packed_modules(model) == 2 * (2 + 2) + 1
+        with torch.no_grad():  # new weights: the next call is plain again, the one after repacks
+            model.vision_model.encoder.layers[0].mlp.fc1.weight.mul_(1.5)
+        model(input_ids=ids, attention_mask=mask, pixel_values=pixel_values)
+        assert not _has_packs(model.vision_model.encoder.layers[0].mlp)
+        model(input_ids=ids, attention_mask=mask, pixel_values=pixel_values)
+        assert _has_packs(model.vision_model.encoder.layers[0].mlp)

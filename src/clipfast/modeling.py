@@ -272,7 +272,8 @@ def _causal_mask(batch: int, length: int, dtype: torch.dtype, device: torch.devi
 # ``model.set_cpu_weight_packing(True)`` (the pipeline turns it on for the models it loads itself). Moving or
 # casting the model drops the packs.
 
-_PACKS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[tuple[int, int], ...], dict[str, _PackedLinear]]] = (
+# module -> (weights key, its packs, or None after the first call with those weights)
+_PACKS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[tuple[int, int], ...], dict[str, _PackedLinear] | None]] = (
     weakref.WeakKeyDictionary())
 _PACK_HINT = 256  # MKL asks for a row-count hint when packing; 256 suits 50 (one image) to 3200 rows
 
@@ -362,6 +363,11 @@ def _cpu_packs(module: nn.Module, x: torch.Tensor, layers: list[nn.Module],
     key = _weights_key(params)
     entry = _PACKS.get(module)
     if entry is None or entry[0] != key:
+        # packing costs about two plain calls, so a layer packs on its second call with the same weights: a
+        # one-shot use (a CLI call, one batch) never pays for it
+        _PACKS[module] = (key, None)
+        return None
+    if entry[1] is None:
         entry = (key, build())
         _PACKS[module] = entry
     return entry[1]
@@ -913,11 +919,12 @@ class CLIPPreTrainedModel(nn.Module):
     def set_cpu_weight_packing(self, enabled: bool = True) -> "CLIPPreTrainedModel":
         """Opt in to (or out of) MKL weight packing for float32 CPU inference; returns the model.
 
-        Each encoder layer then packs its float32 weights once, on its first CPU call without autograd, and
-        multiplies by the packs from then on: the same float32 math, ~1.3x faster at batch 1 for ViT-B/32 (~1.05x
-        at batch 32). The packs cost one extra copy of the Linear weights of each tower that ran on CPU (~340 MB
-        for the B/32 vision tower) and are rebuilt when a parameter changes through autograd-visible operations
-        (``load_state_dict``, optimizer steps, ``with torch.no_grad(): w.copy_(...)``). Writes through
+        Each encoder layer then packs its float32 weights once, on its second CPU call without autograd (a
+        one-shot call never pays for packing), and multiplies by the packs from then on: the same float32 math,
+        ~1.3x faster at batch 1 for ViT-B/32 (~1.05x at batch 32). The packs cost one extra copy of the Linear
+        weights of each tower that ran on CPU (~340 MB for the B/32 vision tower) and are rebuilt when a parameter
+        changes through autograd-visible operations (``load_state_dict``, optimizer steps,
+        ``with torch.no_grad(): w.copy_(...)``). Writes through
         ``param.data`` are not seen: call this again after them (it drops the packs, so the next call repacks).
         Off: the packs are freed.
 
