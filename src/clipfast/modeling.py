@@ -347,7 +347,7 @@ def _weights_key(params: list[torch.Tensor]) -> tuple[tuple[int, int], ...]:
 def _cpu_packs(module: nn.Module, x: torch.Tensor, layers: list[nn.Module],
                build: Callable[[], dict[str, _PackedLinear]]) -> dict[str, _PackedLinear] | None:
     """The module's packs of ``layers`` if ``x`` is a CPU float32 inference input and packing is on, else None."""
-    if x.device.type != "cpu" or x.dtype != torch.float32 or not getattr(module, "cpu_weight_packing", False):
+    if not getattr(module, "cpu_weight_packing", False) or x.device.type != "cpu" or x.dtype != torch.float32:
         return None
     if any(type(m) not in (nn.Linear, nn.Conv2d) or m.weight.dtype != torch.float32 or _hooked(m) for m in layers):
         return None  # swapped by an opt-in of clipfast.optimize (int8, upcast), mixed dtypes, or hooked
