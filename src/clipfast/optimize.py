@@ -40,8 +40,8 @@ def quantize_int8(model: nn.Module, per_channel: bool = True, engine: str | None
 
     ``engine`` is the quantized backend whose kernels the layers are packed for (the layers keep it whatever
     ``torch.backends.quantized.engine`` says later). By default: ``"onednn"`` on CPUs with AMX, whose int8 tile
-    units it uses (a ViT-B/32 image encoder at batch 32 ran 2.5x float32 instead of 1.5x with ``"x86"``, same
-    embeddings), else the current engine (``"x86"``/fbgemm on x86).
+    units it uses (a 1600x768 @ 768x3072 layer took 3.1 ms instead of 9.9 ms with ``"x86"``; same embeddings),
+    else the current engine (``"x86"``/fbgemm on x86).
 
     Example:
         >>> model = quantize_int8(model.eval())                            # doctest: +SKIP
