@@ -85,6 +85,9 @@ def _from_report(data: dict[str, Any]) -> Iterator[dict[str, Any]]:
         config = f"{row['path']}{batch} ({unit})"
         if "clipfast" in row:
             yield _row(config, row["clipfast"], row.get("transformers"), row.get("open_clip"), row.get("speedup"))
+            if "clipfast packed" in row:  # the opt-in CPU weight packing, timed in the same run
+                yield _row(f"{config}, set_cpu_weight_packing()", row["clipfast packed"], row.get("transformers"),
+                           row.get("open_clip"), row.get("packed speedup"))
         else:  # optimize tables compare variants of our own model: the ratio is to the first row's baseline
             extras = {k: v for k, v in row.items() if k.startswith(("1-cos", "weights"))}
             yield _row(f"{row['path']} (items/s; ratio vs baseline)", row.get("items/s"), ratio=row.get("speedup"),
