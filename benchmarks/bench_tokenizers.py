@@ -1,8 +1,9 @@
-"""Tokenizer throughput: clipfast vs transformers 4.57, slow vs slow and fast vs fast, interleaved in one process.
+"""Tokenizer throughput: clipfast vs transformers 4.57 (slow vs slow, fast vs fast) vs open_clip, interleaved.
 
 Each round tokenizes the same batch of captions (batched, padding=True, truncation=True, return_tensors="pt")
 with every tokenizer in turn; the table gives the median over rounds (the first, cold round is reported apart).
-Results go to benchmarks/results/tokenizers.json.
+open_clip's tokenizer (its SimpleTokenizer, when open_clip is installed) always returns 77 columns; it is called
+as its users call it, ``tokenizer(texts)``. Results go to benchmarks/results/tokenizers.json.
 
     python benchmarks/bench_tokenizers.py --texts 20000 --rounds 3
 """
@@ -57,6 +58,20 @@ def build(folder: str) -> dict[str, Any]:
     }
 
 
+def open_clip_tokenizer() -> Any | None:
+    """open_clip's tokenizer for OpenAI's ViT-B/32 vocabulary, or None without open_clip."""
+    try:
+        import open_clip
+    except ImportError:
+        return None
+    return open_clip.get_tokenizer("ViT-B-32")
+
+
+def _up_to_eot(ids: list[int], eot: int = 49407) -> list[int]:
+    """Ids up to and including the end-of-text token (padding differs: EOS for transformers, 0 for open_clip)."""
+    return ids[:ids.index(eot) + 1] if eot in ids else ids
+
+
 def timed(fn: Callable[[], Any]) -> float:
     start = time.perf_counter()
     fn()
@@ -76,10 +91,17 @@ def main() -> None:
     first = {name: toks[name](texts[:4], **kwargs)["input_ids"].tolist() for name in toks}
     if len({json.dumps(v) for v in first.values()}) != 1:
         raise SystemExit("tokenizers disagree on the benchmark texts")
-    times: dict[str, list[float]] = {name: [] for name in toks}
+    calls: dict[str, Callable[[], Any]] = {name: (lambda tok=tok: tok(texts, **kwargs)) for name, tok in toks.items()}
+    theirs = open_clip_tokenizer()
+    if theirs is not None:
+        ours = [_up_to_eot(ids) for ids in first["clipfast fast"]]
+        if [_up_to_eot(ids) for ids in theirs(texts[:4]).tolist()] != ours:
+            raise SystemExit("open_clip's tokenizer disagrees with ours on the benchmark texts")
+        calls["open_clip"] = lambda: theirs(texts)
+    times: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(args.rounds + 1):  # round 0 is cold (empty BPE caches)
-        for name, tok in toks.items():
-            times[name].append(timed(lambda tok=tok: tok(texts, **kwargs)))
+        for name, call in calls.items():
+            times[name].append(timed(call))
     rows = {name: {"cold_s": t[0], "median_s": statistics.median(t[1:]),
                    "texts_per_s": len(texts) / statistics.median(t[1:])} for name, t in times.items()}
     ratios = {kind: rows[f"transformers {kind}"]["median_s"] / rows[f"clipfast {kind}"]["median_s"]
@@ -93,6 +115,10 @@ def main() -> None:
         print(f"{name:<20}{row['texts_per_s']:>12,.0f}{row['median_s']:>11.3f}{row['cold_s']:>9.3f}")
     for kind in ("slow", "fast"):
         print(f"speed-up {kind}: {ratios[kind]:.2f}x warm, {cold[kind]:.2f}x cold")
+    if "open_clip" in rows:
+        ratios["fast vs open_clip"] = rows["open_clip"]["median_s"] / rows["clipfast fast"]["median_s"]
+        ratios["slow vs open_clip"] = rows["open_clip"]["median_s"] / rows["clipfast slow"]["median_s"]
+        print(f"vs open_clip: fast {ratios['fast vs open_clip']:.2f}x, slow {ratios['slow vs open_clip']:.2f}x warm")
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:
         json.dump({"texts": len(texts), "rounds": args.rounds, "cpu_count": os.cpu_count(), "results": rows,
