@@ -1,9 +1,10 @@
 """Images/s from 640x480 JPEG files on disk to ``pixel_values`` (decode included), batches of 64.
 
 Runs, interleaved round by round: transformers' CLIPImageProcessor (its reference path: PIL open + convert +
-processor), our CLIPImageProcessor and our CLIPImageProcessorFast (both fed by ``load_images``, threaded, one
-batch at a time), CLIPImageProcessorFast fed by ``iter_image_batches`` (load and preprocess fused per image on
-the thread pool, one batch prepared ahead), and CLIPImageProcessorFast on CUDA when there is a GPU. Prints a
+processor), open_clip's eval transform (when installed), our CLIPImageProcessor and our CLIPImageProcessorFast
+(both fed by ``load_images``, threaded, one batch at a time), CLIPImageProcessorFast fed by ``iter_image_batches``
+(load and preprocess fused per image on the thread pool, one batch prepared ahead), and CLIPImageProcessorFast on
+CUDA when there is a GPU. Prints a
 table with ratios to the reference and writes benchmarks/results/image_processing.json.
 
     python benchmarks/bench_image_processing.py [--images 256] [--batch 64] [--rounds 3]
@@ -35,6 +36,25 @@ def _reference_runner():
                 with Image.open(path) as image:
                     images.append(image.convert("RGB"))
             processor(images, return_tensors="pt")["pixel_values"]
+
+    return run
+
+
+def _open_clip_runner():
+    """open_clip's eval transform (torchvision on PIL: bicubic resize, center crop, to tensor, normalize), one image
+    at a time and stacked, as its users call it; None without open_clip."""
+    try:
+        import open_clip
+        import torch
+        from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+        from PIL import Image
+    except ImportError:
+        return None
+    preprocess = open_clip.image_transform(224, is_train=False, mean=OPENAI_DATASET_MEAN, std=OPENAI_DATASET_STD)
+
+    def run(paths, batch):
+        for start in range(0, len(paths), batch):
+            torch.stack([preprocess(Image.open(path)) for path in paths[start:start + batch]])
 
     return run
 
@@ -88,6 +108,9 @@ def main() -> None:
                "clipfast CLIPImageProcessorFast (cpu, iter_image_batches)": _iter_runner("CLIPImageProcessorFast")}
     if torch.cuda.is_available():
         runners["clipfast CLIPImageProcessorFast (cuda)"] = _ours_runner("CLIPImageProcessorFast", "cuda")
+    open_clip_run = _open_clip_runner()
+    if open_clip_run is not None:
+        runners["open_clip preprocess (torchvision)"] = open_clip_run
     with tempfile.TemporaryDirectory() as folder:
         paths = image_fixtures.benchmark_jpegs(Path(folder), args.images)
         for run in runners.values():  # warm-up: imports, caches, thread pools
