@@ -4,8 +4,8 @@ Runs, interleaved round by round: transformers' CLIPImageProcessor (its referenc
 processor), open_clip's eval transform (when installed), our CLIPImageProcessor and our CLIPImageProcessorFast
 (both fed by ``load_images``, threaded, one batch at a time), CLIPImageProcessorFast fed by ``iter_image_batches``
 (load and preprocess fused per image on the thread pool, one batch prepared ahead), and CLIPImageProcessorFast on
-CUDA when there is a GPU. Prints a
-table with ratios to the reference and writes benchmarks/results/image_processing.json.
+CUDA when there is a GPU. Prints a table with ratios to the reference and writes
+benchmarks/results/image_processing.json.
 
     python benchmarks/bench_image_processing.py [--images 256] [--batch 64] [--rounds 3]
 """
