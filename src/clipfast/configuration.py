@@ -42,6 +42,7 @@ def set_known_attributes(obj: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
             unused[key] = value
     return unused
 
+
 class PretrainedConfig:
     """Base of the CLIP configs: the generic fields every transformers config carries, and file I/O.
 

@@ -46,7 +46,6 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from clipfast.configuration import set_known_attributes
-
 from clipfast.errors import InputError
 
 if TYPE_CHECKING:
@@ -597,7 +596,6 @@ class CLIPImageProcessor(_CLIPImageProcessorBase):
         processed = _pillow_pipeline(_flatten_images(images), opts)
         return BatchFeature({"pixel_values": processed}, tensor_type=opts["return_tensors"])
 
-
     def _image_fn(self, kwargs: dict[str, Any]) -> tuple[Any, tuple[int, ...] | None, Any] | None:
         """(run, shape, dtype) for :func:`clipfast.image_io.iter_image_batches`: ``run(image, out=None)`` gives one
         RGB PIL image's pixel values as a tensor (written into ``out`` when given); ``shape`` is every output's
@@ -977,7 +975,6 @@ class CLIPImageProcessorFast(_CLIPImageProcessorBase):
             for position, index in enumerate(indices):
                 outputs[index] = result[position]
         return BatchFeature({"pixel_values": outputs}, tensor_type=opts["return_tensors"])
-
 
     def _image_fn(self, kwargs: dict[str, Any]) -> tuple[Any, tuple[int, ...] | None, Any] | None:
         """The per-image CPU lane for :func:`clipfast.image_io.iter_image_batches`, as
