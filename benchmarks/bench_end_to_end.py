@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_gpu import open_clip_model, open_clip_preprocess  # noqa: E402
 from bench_model import make_checkpoint  # noqa: E402
 from bench_pipeline import make_photos  # noqa: E402
 from common import interleaved, report  # noqa: E402
@@ -83,16 +84,9 @@ def transformers_embedder(path: Path, device: str, dtype: torch.dtype) -> Embedd
 
 def open_clip_embedder(path: Path, device: str, dtype: torch.dtype) -> Embedder:
     """open_clip's ViT-B-32 with our weights (quick_gelu, as OpenAI's and transformers' CLIP) and its preprocess."""
-    import open_clip
     from PIL import Image
-    from safetensors.torch import load_file
 
-    from clipfast.convert import hf_to_openai
-
-    model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32", pretrained=None, force_quick_gelu=True)
-    state = {k: v for k, v in load_file(str(path / "model.safetensors")).items() if not k.endswith("position_ids")}
-    model.load_state_dict(hf_to_openai(state), strict=True)
-    model = model.to(device, dtype).eval()
+    model, preprocess = open_clip_model(path, "B/32", dtype, device), open_clip_preprocess()
 
     def embed(paths: list[str]) -> torch.Tensor:
         pixels = torch.stack([preprocess(Image.open(p)) for p in paths])

@@ -118,6 +118,15 @@ def open_clip_model(path: Path, arch: str, dtype: torch.dtype, device: str) -> A
     return model.to(device, dtype).eval()
 
 
+def open_clip_preprocess() -> Any:
+    """open_clip's eval transform for OpenAI's ViT models (torchvision on PIL: bicubic resize of the short side,
+    center crop, to tensor, normalize): what ``create_model_and_transforms("ViT-B-32")`` returns."""
+    import open_clip
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+    return open_clip.image_transform(224, is_train=False, mean=OPENAI_DATASET_MEAN, std=OPENAI_DATASET_STD)
+
+
 def image_call(name: str, model: Any, pixels: torch.Tensor) -> Any:
     """The image-embedding call of each library."""
     if name == "open_clip":

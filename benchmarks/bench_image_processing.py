@@ -43,14 +43,14 @@ def _reference_runner():
 def _open_clip_runner():
     """open_clip's eval transform (torchvision on PIL: bicubic resize, center crop, to tensor, normalize), one image
     at a time and stacked, as its users call it; None without open_clip."""
+    import torch
+    from bench_gpu import open_clip_preprocess
+    from PIL import Image
+
     try:
-        import open_clip
-        import torch
-        from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-        from PIL import Image
+        preprocess = open_clip_preprocess()
     except ImportError:
         return None
-    preprocess = open_clip.image_transform(224, is_train=False, mean=OPENAI_DATASET_MEAN, std=OPENAI_DATASET_STD)
 
     def run(paths, batch):
         for start in range(0, len(paths), batch):
