@@ -235,7 +235,7 @@ def _tensor_converter(tensor_type: str) -> Callable[[Any], Any]:
     import numpy as np
 
     if tensor_type == "np":
-        return lambda v: v if isinstance(v, np.ndarray) else _np_array(v)
+        return lambda v: v if isinstance(v, np.ndarray) else _np_array(v, ragged_ok=True)
     if tensor_type == "pt":
         import torch
 
@@ -243,14 +243,28 @@ def _tensor_converter(tensor_type: str) -> Callable[[Any], Any]:
     raise InputError(f"return_tensors={tensor_type!r} is not supported; use 'pt', 'np' or None.")
 
 
-def _np_array(value: Any) -> Any:
-    """A rectangular int64 (or float, for non-int data) array; ragged rows raise ValueError."""
+def _np_array(value: Any, ragged_ok: bool = False) -> Any:
+    """A rectangular int64 (or float, for non-int data) array. Ragged rows raise ValueError, or with ``ragged_ok``
+    become a 1-D object array of per-row arrays (what transformers 4.57 returns for ``return_tensors="np"``)."""
     import numpy as np
 
-    array = np.array(value)
+    if ragged_ok and _is_ragged(value):
+        rows = np.empty(len(value), dtype=object)
+        rows[:] = [_np_array(row) for row in value]
+        return rows
+    try:
+        array = np.array(value)
+    except ValueError as exc:  # NumPy >= 1.24 refuses ragged nested lists outright
+        raise ValueError("ragged rows") from exc
     if array.dtype == object:
         raise ValueError("ragged rows")
     return array.astype(np.int64) if array.dtype.kind in "iub" or array.size == 0 else array
+
+
+def _is_ragged(value: Any) -> bool:
+    """Whether ``value`` is a list of rows (lists) that do not all have the same length."""
+    return (isinstance(value, (list, tuple)) and bool(value) and all(isinstance(r, (list, tuple)) for r in value)
+            and len({len(r) for r in value}) > 1)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -275,6 +289,7 @@ class CallPlan:
     offsets: bool = False
     length: bool = False
     verbose: bool = True
+    single: bool = False  # one text (not a batch): the reference's single-text path differs in corner cases
 
 
 def _token_content(token: Any) -> str | None:
@@ -284,6 +299,26 @@ def _token_content(token: Any) -> str | None:
     if isinstance(token, dict):
         return token.get("content")
     return str(getattr(token, "content", token))
+
+
+def added_token_entry(value: Any) -> tuple[str | None, bool]:
+    """An added token as stored (a string, an AddedToken, or a tokenizer_config ``added_tokens_decoder`` dict) ->
+    (content, whether it is marked special)."""
+    return _token_content(value), bool(value.get("special")) if isinstance(value, dict) else bool(
+        getattr(value, "special", False))
+
+
+def _token_list(value: Any) -> list[str]:
+    """``additional_special_tokens`` as strings: from a list of strings / AddedTokens / dicts, or from one dict
+    whose ``content`` is a list (how clipfast 0.x wrote special_tokens_map.json)."""
+    if value is None:
+        return []
+    items = [value] if isinstance(value, (str, dict)) or hasattr(value, "content") else list(value)
+    out: list[str] = []
+    for item in items:
+        content = _token_content(item)
+        out += [c for c in (content if isinstance(content, list) else [content]) if isinstance(c, str) and c]
+    return list(dict.fromkeys(out))
 
 
 def _as_batch(text: Any, text_pair: Any, split_words: bool) -> tuple[list[Any], list[Any] | None, bool]:
@@ -401,8 +436,7 @@ class TokenizerBase:
                                                 "eos_token": _token_content(eos_token),
                                                 "unk_token": _token_content(unk_token),
                                                 "pad_token": _token_content(pad_token)}
-        self.additional_special_tokens: list[str] = [
-            c for c in (_token_content(t) for t in kwargs.pop("additional_special_tokens", None) or []) if c]
+        self.additional_special_tokens: list[str] = _token_list(kwargs.pop("additional_special_tokens", None))
         self.model_max_length = int(kwargs.pop("model_max_length", None) or NO_LIMIT)
         self.padding_side = kwargs.pop("padding_side", "right")
         self.truncation_side = kwargs.pop("truncation_side", "right")
@@ -465,8 +499,7 @@ class TokenizerBase:
         new: list[str] = []
         for key, value in special_tokens_dict.items():
             if key == "additional_special_tokens":
-                contents = [_token_content(v) for v in value]
-                self.additional_special_tokens = [c for c in contents if c]
+                self.additional_special_tokens = _token_list(value)
                 new += self.additional_special_tokens
             elif key in _SPECIAL_KEYS:
                 self._special[key] = _token_content(value)
@@ -561,6 +594,7 @@ class TokenizerBase:
             "attention_mask" in self.model_input_names)
         plan.special_tokens_mask, plan.offsets, plan.length = (
             return_special_tokens_mask, return_offsets_mapping, return_length)
+        plan.single = not batched
         data, encodings = self._encode_batch(texts, pairs, plan)
         if not batched and return_tensors is None:
             return BatchEncoding(self._unbatch(data), encoding=encodings)
@@ -741,8 +775,8 @@ class TokenizerBase:
         config_file = os.path.join(save_directory, prefix + CONFIG_NAME)
         map_file = os.path.join(save_directory, prefix + SPECIAL_MAP_NAME)
         _write_json(config_file, self._config_dict())
-        _write_json(map_file, {k: _added_token_dict(v, special=None) if k != "pad_token" else v
-                               for k, v in self.special_tokens_map.items()})
+        _write_json(map_file, {k: [self._token_dict(t, special=None) for t in v] if isinstance(v, list)
+                               else self._token_dict(v, special=None) for k, v in self.special_tokens_map.items()})
         return (config_file, map_file, *self.save_vocabulary(os.fspath(save_directory), filename_prefix),
                 *self._save_extra(os.fspath(save_directory), filename_prefix))
 
@@ -756,11 +790,23 @@ class TokenizerBase:
     def _added_tokens_decoder(self) -> dict[int, str]:
         raise NotImplementedError
 
+    def _token_normalized(self, content: str) -> bool:
+        """Whether an added token is matched after normalisation: special tokens added beyond the vocabulary are
+        matched as written, the rest (and CLIP's own bos/eos) after it, as in the reference."""
+        return not (content in self.all_special_tokens and content not in self._base_vocab())
+
+    def _base_vocab(self) -> Any:
+        raise NotImplementedError
+
+    def _token_dict(self, content: str, special: bool | None) -> dict[str, Any]:
+        """An added token as transformers serialises it."""
+        return _added_token_dict(content, special, normalized=self._token_normalized(content))
+
     def _config_dict(self) -> dict[str, Any]:
         """tokenizer_config.json as transformers 4.57 writes it (special tokens as strings, added tokens by id)."""
         special = set(self.all_special_tokens)
         config: dict[str, Any] = {
-            "added_tokens_decoder": {str(i): _added_token_dict(t, special=t in special)
+            "added_tokens_decoder": {str(i): self._token_dict(t, special=t in special)
                                      for i, t in sorted(self._added_tokens_decoder().items())},
             **{k: v for k, v in self._special.items() if v is not None},
             "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces,
@@ -798,9 +844,9 @@ def _truncation_strategy(truncation: Any) -> str:
     return _strategy("truncation", truncation, "longest_first", "do_not_truncate", TRUNCATIONS)
 
 
-def _added_token_dict(content: str, special: bool | None) -> dict[str, Any]:
+def _added_token_dict(content: str, special: bool | None, normalized: bool = True) -> dict[str, Any]:
     """An AddedToken as transformers serialises it (``special`` omitted in special_tokens_map.json)."""
-    out: dict[str, Any] = {"content": content, "lstrip": False, "normalized": True, "rstrip": False,
+    out: dict[str, Any] = {"content": content, "lstrip": False, "normalized": normalized, "rstrip": False,
                            "single_word": False}
     if special is not None:
         out["special"] = special
@@ -822,7 +868,7 @@ def _config_kwargs(files: dict[str, str | None]) -> dict[str, Any]:
         for key, value in hub.read_json(files[SPECIAL_MAP_NAME]).items():  # type: ignore[arg-type]
             if key in _SPECIAL_KEYS or key == "additional_special_tokens":
                 init[key] = value
-    added = {int(i): _token_content(t) for i, t in (init.pop("added_tokens_decoder", None) or {}).items()}
+    added = {int(i): t for i, t in (init.pop("added_tokens_decoder", None) or {}).items()}  # str or dict
     if files[ADDED_TOKENS_NAME]:
         added.update({int(i): t for t, i in hub.read_json(files[ADDED_TOKENS_NAME]).items()})  # type: ignore[arg-type]
     init["added_tokens"] = added
@@ -983,9 +1029,10 @@ class CLIPTokenizer(TokenizerBase):
         self._added_ids: dict[int, str] = {}
         self._added_re: Any = None
         self._init_common(bos_token, eos_token, unk_token, pad_token, kwargs)
-        for index, content in sorted((added_tokens or {}).items()):
+        for index, token in sorted((int(i), t) for i, t in (added_tokens or {}).items()):
+            content = _token_content(token)
             if content:
-                self._register(content, int(index))
+                self._register(content, index)
         self._add_tokens(self.all_special_tokens, special=True)
         self._reset_caches()
 
@@ -1058,22 +1105,22 @@ class CLIPTokenizer(TokenizerBase):
         return index  # type: ignore[return-value]
 
     def convert_ids_to_tokens(self, ids: Any, skip_special_tokens: bool = False) -> Any:
-        """Id (or list of ids) -> token string(s)."""
+        """Id (or list of ids) -> token string(s) (None for an id outside the vocabulary, as the reference)."""
         if isinstance(ids, int) or (hasattr(ids, "__index__") and not isinstance(ids, (list, tuple))):
             return self._id_token(int(ids))
         special = set(self.all_special_ids) if skip_special_tokens else set()
         return [self._id_token(int(i)) for i in _to_py(ids) if int(i) not in special]
 
-    def _id_token(self, index: int) -> str:
+    def _id_token(self, index: int) -> str | None:
+        """The token of one id; None for an id outside the vocabulary, as the reference."""
         token = self._added_ids.get(index)
-        if token is None:
-            token = self.decoder.get(index)
-        if token is None:
-            raise InputError(f"Token id {index} is not in the vocabulary (ids 0..{len(self) - 1}).")
-        return token
+        return self.decoder.get(index) if token is None else token
 
     def _added_tokens_decoder(self) -> dict[int, str]:
         return dict(self._added_ids)
+
+    def _base_vocab(self) -> dict[str, int]:
+        return self.encoder
 
     # text -> ids -----------------------------------------------------------------------------------------------
 
@@ -1195,9 +1242,20 @@ class CLIPTokenizer(TokenizerBase):
             data["token_type_ids"] = [[0] * len(r) for r in rows]
         if plan.special_tokens_mask:
             data["special_tokens_mask"] = masks
+        pad_id = self.pad_token_id if self.pad_token is not None else 0
+        if plan.single:
+            # the reference pads a single text inside prepare_for_model (an empty one not at all) and measures
+            # ``length`` after padding; a batch gets its lengths first and is padded afterwards
+            if rows[0]:
+                pad_rows(data, plan, pad_id, self.pad_token_type_id)
+            elif plan.attention_mask:
+                data["attention_mask"] = [[]]
+            if plan.length:
+                data["length"] = [len(data["input_ids"][0])]
+            return data, None
         if plan.length:
             data["length"] = [len(r) for r in rows]
-        pad_rows(data, plan, self.pad_token_id if self.pad_token is not None else 0, self.pad_token_type_id)
+        pad_rows(data, plan, pad_id, self.pad_token_type_id)
         return data, None
 
     def _finish_rows(self, firsts: list[list[int]], seconds: list[list[int]] | None, plan: CallPlan
@@ -1245,7 +1303,11 @@ class CLIPTokenizer(TokenizerBase):
         verbatim |= {t for t in self.additional_special_tokens if self._token_id(t) >= self.vocab_size}
         parts: list[str] = []
         run: list[str] = []
-        for token in self.convert_ids_to_tokens(ids, skip_special_tokens=skip_special_tokens):
+        tokens = self.convert_ids_to_tokens(ids, skip_special_tokens=skip_special_tokens)
+        if None in tokens:
+            index = next(i for i in ids if self._id_token(int(i)) is None)
+            raise InputError(f"Token id {index} is not in the vocabulary (ids 0..{len(self) - 1}).")
+        for token in tokens:
             if skip_special_tokens and token in specials:
                 continue
             if token in verbatim:

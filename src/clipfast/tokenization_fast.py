@@ -28,6 +28,7 @@ from clipfast.tokenization import (
     CallPlan,
     TokenizerBase,
     _token_content,
+    added_token_entry,
     logger,
     read_tokenizer_json,
     read_vocab_files,
@@ -35,9 +36,11 @@ from clipfast.tokenization import (
 
 
 def build_backend(vocab: dict[str, int], merges: list[tuple[str, str]], unk_token: str = EOS_TOKEN,
-                  bos_token: str = BOS_TOKEN, eos_token: str = EOS_TOKEN) -> Any:
+                  bos_token: str = BOS_TOKEN, eos_token: str = EOS_TOKEN,
+                  added: list[tuple[str, bool]] | None = None) -> Any:
     """The ``tokenizers.Tokenizer`` transformers 4.57 builds for CLIP (the same tokenizer.json, component for
-    component)."""
+    component). ``added``: (content, special) of tokens added after the vocabulary, in id order; they are added
+    first, so that they keep their ids even when bos/eos/unk are among them."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
     backend = Tokenizer(models.BPE(vocab=vocab, merges=merges, dropout=None, continuing_subword_prefix="",
@@ -49,12 +52,19 @@ def build_backend(vocab: dict[str, int], merges: list[tuple[str, str]], unk_toke
         pre_tokenizers.ByteLevel(add_prefix_space=False),
     ])
     backend.decoder = decoders.ByteLevel()
-    backend.post_processor = processors.RobertaProcessing(
-        sep=(eos_token, vocab[eos_token]), cls=(bos_token, vocab[bos_token]), add_prefix_space=False,
-        trim_offsets=False)
+    for content, special in added or []:
+        token = AddedToken(content, special=special, normalized=not special or content in vocab)
+        if special:
+            backend.add_special_tokens([token])
+        else:
+            backend.add_tokens([token])
     # the reference's specials are normalized (so "<|ENDOFTEXT|>" is matched after lower-casing)
     backend.add_special_tokens([AddedToken(t, special=True, normalized=True)
-                                for t in dict.fromkeys((bos_token, eos_token, unk_token))])
+                                for t in dict.fromkeys((bos_token, eos_token, unk_token))
+                                if backend.token_to_id(t) is None or t in vocab])
+    backend.post_processor = processors.RobertaProcessing(
+        sep=(eos_token, backend.token_to_id(eos_token)), cls=(bos_token, backend.token_to_id(bos_token)),
+        add_prefix_space=False, trim_offsets=False)
     return backend
 
 
@@ -100,9 +110,16 @@ class CLIPTokenizerFast(TokenizerBase):
                  vocab: dict[str, int] | None = None, merges: list[tuple[str, str]] | None = None,
                  added_tokens: dict[int, str] | None = None, tokenizer_object: Any = None, **kwargs: Any) -> None:
         self.errors = kwargs.pop("errors", "replace")
+        from_slow = kwargs.pop("from_slow", False)
+        self._init_common(bos_token, eos_token, unk_token, pad_token, kwargs)
+        self._backend_key: tuple[Any, ...] | None = None
+        specials = set(self.all_special_tokens)
+        # (content, special) of the stored added tokens in id order: added in that order, they keep their ids
+        stored = [(content, special or content in specials) for _, (content, special)
+                  in sorted((int(i), added_token_entry(t)) for i, t in (added_tokens or {}).items()) if content]
         if tokenizer_object is not None:
             self._tokenizer = tokenizer_object
-        elif tokenizer_file is not None and not kwargs.pop("from_slow", False):
+        elif tokenizer_file is not None and not from_slow:
             self._tokenizer = _load_backend(tokenizer_file)
         else:
             if vocab is None or merges is None:
@@ -110,15 +127,12 @@ class CLIPTokenizerFast(TokenizerBase):
                     raise InputError("CLIPTokenizerFast needs tokenizer_file, or vocab_file and merges_file (or "
                                      "vocab= and merges=); CLIPTokenizerFast.from_openai_vocab() builds OpenAI's.")
                 vocab, merges = read_vocab_files(vocab_file, merges_file)
-            self._tokenizer = build_backend(vocab, merges, _token_content(unk_token) or EOS_TOKEN,
-                                            _token_content(bos_token) or BOS_TOKEN,
-                                            _token_content(eos_token) or EOS_TOKEN)
-        kwargs.pop("from_slow", None)
-        self._init_common(bos_token, eos_token, unk_token, pad_token, kwargs)
-        self._backend_key: tuple[Any, ...] | None = None
+            self._tokenizer = build_backend(vocab, merges, self.unk_token or EOS_TOKEN, self.bos_token or BOS_TOKEN,
+                                            self.eos_token or EOS_TOKEN, added=stored)
         known = set(self._tokenizer.get_vocab(with_added_tokens=True))
-        user_added = [c for _, c in sorted((added_tokens or {}).items()) if c and c not in known]
-        self._add_tokens([c for c in user_added if c not in self.all_special_tokens], special=False)
+        for content, special in stored:  # tokens a tokenizer.json lacks (an added_tokens.json next to it)
+            if content not in known:
+                self._add_tokens([content], special=special)
         self._on_specials_changed()
 
     @classmethod
@@ -152,6 +166,15 @@ class CLIPTokenizerFast(TokenizerBase):
     def _added_tokens_decoder(self) -> dict[int, str]:
         return {i: t.content for i, t in self._tokenizer.get_added_tokens_decoder().items()}
 
+    def _base_vocab(self) -> dict[str, int]:
+        return self._tokenizer.get_vocab(with_added_tokens=False)
+
+    def _token_normalized(self, content: str) -> bool:
+        """As the backend matches the token (tokenizer.json may say either)."""
+        index = self._tokenizer.token_to_id(content)
+        token = self._tokenizer.get_added_tokens_decoder().get(index) if index is not None else None
+        return super()._token_normalized(content) if token is None else bool(token.normalized)
+
     def _add_tokens(self, tokens: list[Any], special: bool) -> int:
         """Add to the Rust backend (non-special tokens are matched after normalisation, as the reference's)."""
         from tokenizers import AddedToken
@@ -159,10 +182,7 @@ class CLIPTokenizerFast(TokenizerBase):
         items = [t if isinstance(t, AddedToken) else AddedToken(_token_content(t), special=special,
                                                                  normalized=not special)
                  for t in tokens if _token_content(t)]
-        if special:
-            for token in items:
-                if token.content not in self.all_special_tokens:
-                    self.additional_special_tokens.append(token.content)
+        if special:  # like the reference's fast tokenizer, not listed in all_special_tokens (the slow one lists it)
             return self._tokenizer.add_special_tokens(items)
         return self._tokenizer.add_tokens(items)
 
@@ -229,6 +249,8 @@ class CLIPTokenizerFast(TokenizerBase):
                       ) -> tuple[dict[str, list[Any]], list[Any]]:
         """Encode, truncate and pad the whole batch in Rust, then read the asked fields."""
         self._configure(plan)
+        if plan.single and pairs is not None and not pairs[0]:
+            pairs = None  # the reference's fast tokenizer drops an empty pair of a single text ("" or [])
         encodings = self._run_backend(texts if pairs is None else list(zip(texts, pairs)), plan)
         data: dict[str, list[Any]] = {"input_ids": [e.ids for e in encodings]}
         if plan.token_type_ids:
