@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 import image_fixtures
-from clipfast.errors import InputError
+from clipfast.errors import ImageLoadError, InputError
 from clipfast.image_processing import BatchFeature, CLIPFeatureExtractor, CLIPImageProcessor, CLIPImageProcessorFast
 
 transformers = pytest.importorskip("transformers")
@@ -237,7 +237,6 @@ def test_bad_inputs_get_clear_errors(tmp_path):
     text.write_text("not an image")
     cases = [
         ({"a": 1}, "Invalid image type dict"),
-        (str(text), "load_image"),
         (Image.new("RGB", (0, 0)), "empty image"),
         (np.zeros((0, 0, 3), np.uint8), "empty image"),
         (np.zeros((10, 12, 2), np.uint8), "channel"),
@@ -250,14 +249,33 @@ def test_bad_inputs_get_clear_errors(tmp_path):
         for value, message in cases:
             with pytest.raises(InputError, match=message):
                 processor(value, return_tensors="pt")
+        with pytest.raises(ImageLoadError, match="notes.txt.*not an image"):
+            processor(str(text), return_tensors="pt")
         with pytest.raises(InputError, match="image_mean"):
             processor(np.zeros((10, 12, 3), np.uint8), image_mean=[0.5, 0.5])
         with pytest.raises(ValueError, match="return_tensors"):
             processor(np.zeros((10, 12, 3), np.uint8), return_tensors="tf")
 
 
+def test_paths_are_loaded_as_the_reference_loads_them(tmp_path):
+    """Paths (str or Path) and base64 are read with load_image (EXIF applied, RGB), as transformers 4.57 reads
+    strings; the result equals processing the loaded image, and the reference's output on the same path."""
+    from clipfast.image_io import load_image
+
+    path = tmp_path / "coffee.png"
+    image_fixtures.sample("coffee").convert("RGBA").save(path)
+    ref = transformers.CLIPImageProcessor()
+    want = ref(str(path), return_tensors="np")["pixel_values"]
+    for processor in _ours():
+        for source in (str(path), path, [str(path), path]):
+            got = processor(source, return_tensors="np")["pixel_values"]
+            expected = processor(load_image(path), return_tensors="np")["pixel_values"]
+            assert got.shape[1:] == want.shape[1:] and np.array_equal(got[0], expected[0])
+        if type(processor).__name__ == "CLIPImageProcessor":
+            assert np.abs(processor(str(path), return_tensors="np")["pixel_values"] - want).max() <= 1e-6
+
+
 def test_truncated_jpeg_is_a_clear_error(tmp_path):
-    from clipfast.errors import ImageLoadError
     from clipfast.image_io import load_image
 
     path = tmp_path / "cut.jpg"

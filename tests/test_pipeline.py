@@ -143,6 +143,21 @@ def test_bare_string_labels_are_split_on_commas(hub_folder, server):
     assert [r["label"] for r in clip(f"{server}/cat.jpg", candidate_labels="cat")] == ["cat"]
 
 
+def test_equal_prompts_tie_in_candidate_order_on_every_call(hub_folder, photo_bytes):
+    """Equal prompts are encoded once, so they tie exactly and keep the candidate order (as the reference), also
+    after the pipeline's weight packing starts (whose rows' last bits can depend on their batch position)."""
+    clip = clipfast.pipeline("zero-shot-image-classification", model=str(hub_folder), device="cpu")
+    image = Image.open(io.BytesIO(photo_bytes))
+    for _ in range(3):
+        out = clip(image, candidate_labels=["b", "a", "c"], hypothesis_template="constant")
+        assert [r["label"] for r in out] == ["b", "a", "c"] and len({r["score"] for r in out}) == 1
+        out = clip(image, candidate_labels=["dog", "cat", "dog"])
+        dogs = [i for i, r in enumerate(out) if r["label"] == "dog"]
+        assert dogs[1] == dogs[0] + 1 and out[dogs[0]]["score"] == out[dogs[1]]["score"]
+    embeds = clip.text_embeddings(["x", "y", "x"])
+    assert torch.equal(embeds[0], embeds[2]) and embeds.shape[0] == 3
+
+
 def test_cuda_device_without_cuda_warns_and_runs_on_cpu(hub_folder, server):
     if torch.cuda.is_available():
         pytest.skip("CUDA present")
@@ -177,18 +192,32 @@ def test_processor_matches_reference_and_routes_kwargs(hub_folder, photo_bytes):
     kwargs = dict(text=["a cat", "a much longer caption of a dog"], images=[image, image], return_tensors="pt",
                   padding="max_length", max_length=12, truncation=True)
     a, b = ours(**kwargs), ref(**kwargs)
-    assert set(a.keys()) == {"input_ids", "attention_mask", "pixel_values"}
+    assert list(a.keys()) == list(b.keys()) == ["pixel_values", "input_ids", "attention_mask"]
     for key in a:
         assert torch.allclose(a[key].float(), b[key].float(), atol=1e-6), key
     sized = ours(images=image, size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64},
                  return_tensors="pt")
     assert sized["pixel_values"].shape == (1, 3, 64, 64)
-    assert ours.model_input_names == ["input_ids", "attention_mask", "pixel_values"]
+    assert ours.model_input_names == ref.model_input_names == ["pixel_values", "input_ids", "attention_mask"]
     assert ours.batch_decode(a["input_ids"], skip_special_tokens=True)[0] == "a cat"
+    assert ours(["a cat"], return_tensors="pt").tokens() == ["<|startoftext|>", "a</w>", "cat</w>", "<|endoftext|>"]
     with pytest.raises(ValueError, match="either text or images"):
         ours()
-    with pytest.raises(TypeError, match="unknown argument 'colour'"):
-        ours(text="x", colour="red")
+    # positional arguments in transformers 4.57's order (images, text) and in the older 4.x order (text, images)
+    for args in ((image, "a cat"), ("a cat", image)):
+        got = ours(*args, return_tensors="pt")
+        assert list(got) == ["pixel_values", "input_ids", "attention_mask"]
+        assert torch.equal(got["pixel_values"], a["pixel_values"][:1]) and got["input_ids"].tolist() == [
+            a["input_ids"][0][:4].tolist()]
+    assert list(ours(image, return_tensors="pt")) == list(ref(image, return_tensors="pt")) == ["pixel_values"]
+    assert list(ours("a cat", return_tensors="pt")) == ["input_ids", "attention_mask"]
+
+
+def test_processor_ignores_unknown_arguments_with_a_warning(hub_folder, caplog):
+    ours = clipfast.CLIPProcessor.from_pretrained(hub_folder)
+    with caplog.at_level("WARNING"):
+        got = ours(text="x", colour="red")
+    assert "`colour` is not a valid argument" in caplog.text and got["input_ids"] == [49406, 343, 49407]
 
 
 def test_processor_from_pretrained_forwards_component_kwargs(hub_folder):

@@ -226,14 +226,17 @@ def _split_batch(image: Any) -> list[Any]:
     """A 4-D array/tensor is a batch; a 3-D one or a PIL image is one image; anything else is an error."""
     from PIL import Image
 
+    if isinstance(image, (str, bytes, os.PathLike)):
+        from clipfast.image_io import load_image
+
+        image = load_image(image)  # a path, URL, base64 or data URI, as the reference's processors accept
     if isinstance(image, Image.Image):
         if image.width == 0 or image.height == 0:
             raise InputError(f"Got an empty image ({image.width}x{image.height} pixels).")
         return [image]
     if not _is_image(image):
-        hint = " (to read files or URLs, use clipfast.load_image first)" if isinstance(image, (str, bytes)) else ""
-        raise InputError(f"Invalid image type {type(image).__name__}; expected a PIL.Image.Image, numpy.ndarray or "
-                         f"torch.Tensor, or a list of them{hint}.")
+        raise InputError(f"Invalid image type {type(image).__name__}; expected a PIL.Image.Image, numpy.ndarray, "
+                         "torch.Tensor, a file path or URL, or a list of them.")
     if image.ndim == 4:
         return list(image)
     if image.ndim != 3:

@@ -115,8 +115,15 @@ class ZeroShotImageClassificationPipeline:
         ``text_embeds`` from :meth:`text_embeddings`, by callers that classify in several calls)."""
         from clipfast.image_io import DEFAULT_TIMEOUT, load_images
 
+        prompts = [hypothesis_template.format(label) for label in labels]
+        # equal prompts share one logit column: they get bit-equal scores and tie in candidate order
+        unique = list(dict.fromkeys(prompts))
+        column = {prompt: i for i, prompt in enumerate(unique)}
+        inverse = torch.tensor([column[p] for p in prompts])
         if text_embeds is None:
-            text_embeds = self.text_embeddings([hypothesis_template.format(label) for label in labels])
+            text_embeds = self.text_embeddings(unique)
+        elif len(unique) < len(prompts):
+            text_embeds = text_embeds[torch.tensor([prompts.index(p) for p in unique], device=text_embeds.device)]
         scale = self.model.logit_scale.exp()
         images = list(images)
         batch_size = max(1, batch_size)
@@ -126,18 +133,26 @@ class ZeroShotImageClassificationPipeline:
                                  timeout=DEFAULT_TIMEOUT if timeout is None else timeout)
             image_embeds = self.image_embeddings(loaded)
             # the reference's order of operations: (text @ imageᵀ) * scale, then transposed
-            logits = (text_embeds @ image_embeds.t() * scale).t()  # (images, labels)
-            for row in logits.float().softmax(dim=-1).tolist():
+            logits = (text_embeds @ image_embeds.t() * scale).t()  # (images, distinct prompts)
+            for row in _softmax_columns(logits.float(), inverse).tolist():
                 results.append(_ranked(row, labels, top_k))
         return results
 
     @torch.inference_mode()
     def text_embeddings(self, texts: list[str]) -> torch.Tensor:
-        """L2-normalised text embeddings (len(texts), E) in the model's dtype."""
+        """L2-normalised text embeddings (len(texts), E) in the model's dtype.
+
+        Each distinct text is encoded once, so equal texts get bit-equal embeddings (a row's last bits may
+        otherwise depend on its position in the batch)."""
+        unique = list(dict.fromkeys(texts))
         # truncation keeps EOS: a label longer than 77 tokens is cut instead of failing the whole call
-        tokens = self.tokenizer(texts, padding=True, truncation=True, return_tensors="pt").to(self.device)
+        tokens = self.tokenizer(unique, padding=True, truncation=True, return_tensors="pt").to(self.device)
         embeds = self.model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
-        return embeds / embeds.norm(p=2, dim=-1, keepdim=True)
+        embeds = embeds / embeds.norm(p=2, dim=-1, keepdim=True)
+        if len(unique) == len(texts):
+            return embeds
+        position = {text: i for i, text in enumerate(unique)}
+        return embeds[torch.tensor([position[t] for t in texts], device=embeds.device)]
 
     @torch.inference_mode()
     def image_embeddings(self, images: list[Any]) -> torch.Tensor:
@@ -151,6 +166,13 @@ class ZeroShotImageClassificationPipeline:
         self.model.save_pretrained(save_directory, **kwargs)
         self.tokenizer.save_pretrained(save_directory)
         self.image_processor.save_pretrained(save_directory)
+
+
+def _softmax_columns(logits: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+    """``logits[:, inverse].softmax(-1)`` with each exponential computed once per distinct column, so that
+    repeated columns get bit-equal probabilities (a vectorised exp may round differently by lane)."""
+    exps = (logits - logits.max(dim=-1, keepdim=True).values).exp()[:, inverse.to(logits.device)]
+    return exps / exps.sum(dim=-1, keepdim=True)
 
 
 def _ranked(scores: list[float], labels: list[str], top_k: int | None) -> list[dict[str, Any]]:

@@ -8,12 +8,15 @@ tokenizer files) and 5.x (processor_config.json + tokenizer files) both load.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import warnings
 from typing import Any
 
 from clipfast.errors import CheckpointError, InputError
 from clipfast.hub import read_json, resolve_file
+
+logger = logging.getLogger(__name__)
 
 PROCESSOR_CONFIG = "processor_config.json"
 IMAGE_PROCESSOR_CONFIG = "preprocessor_config.json"
@@ -62,31 +65,38 @@ class CLIPProcessor:
 
     @property
     def model_input_names(self) -> list[str]:
-        """Tokenizer inputs then image inputs, without duplicates (transformers 4.x order)."""
-        names = list(self.tokenizer.model_input_names) + list(self.image_processor.model_input_names)
+        """Image inputs then tokenizer inputs, without duplicates (transformers 4.57's order)."""
+        names = list(self.image_processor.model_input_names) + list(self.tokenizer.model_input_names)
         return list(dict.fromkeys(names))
 
     def __call__(self, text: Any = None, images: Any = None, return_tensors: str | None = None,
                  **kwargs: Any) -> Any:
-        """Tokenize ``text`` and/or preprocess ``images``; returns one BatchEncoding with all model inputs."""
+        """Tokenize ``text`` and/or preprocess ``images``; returns one BatchEncoding with all model inputs
+        (``pixel_values`` first, then the tokenizer's fields, as transformers 4.57).
+
+        Positional arguments may come in either order: transformers 4.57 takes ``(images, text)``, earlier 4.x
+        ``(text, images)``; text (a string or a list of strings) is told apart from images by its type.
+        """
+        text, images = _text_and_images(text, images)
         if text is None and images is None:
             raise InputError("You have to specify either text or images (or both) when calling CLIPProcessor.")
         text_kwargs, image_kwargs = self._route(kwargs)
-        encoding = None
-        if text is not None:
-            encoding = self.tokenizer(text, return_tensors=return_tensors, **text_kwargs)
-        if images is not None:
-            features = self.image_processor(images, return_tensors=return_tensors, **image_kwargs)
-            if encoding is None:
-                from clipfast.tokenization import BatchEncoding
+        from clipfast.tokenization import BatchEncoding
 
-                return BatchEncoding(dict(features))
-            encoding["pixel_values"] = features["pixel_values"]
+        encoding = BatchEncoding()
+        if images is not None:
+            encoding["pixel_values"] = self.image_processor(images, return_tensors=return_tensors,
+                                                            **image_kwargs)["pixel_values"]
+        if text is not None:
+            tokens = self.tokenizer(text, return_tensors=return_tensors, **text_kwargs)
+            encoding.update(tokens)
+            encoding._encodings = tokens.encodings
         return encoding
 
     @staticmethod
     def _route(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Split call kwargs into tokenizer and image-processor kwargs; unknown names are an error."""
+        """Split call kwargs into tokenizer and image-processor kwargs; unknown names are ignored with a warning,
+        as the reference does."""
         text_kwargs = dict(kwargs.pop("text_kwargs", None) or {})
         image_kwargs = dict(kwargs.pop("images_kwargs", None) or {})
         common = dict(kwargs.pop("common_kwargs", None) or {})
@@ -96,8 +106,9 @@ class CLIPProcessor:
             elif key in IMAGE_KWARGS:
                 image_kwargs[key] = value
             else:
-                raise TypeError(f"CLIPProcessor got an unknown argument {key!r}: it is neither a tokenizer option "
-                                f"({sorted(TEXT_KWARGS)}) nor an image option ({sorted(IMAGE_KWARGS)}).")
+                logger.warning(f"Keyword argument `{key}` is not a valid argument for CLIPProcessor and will be "
+                               f"ignored: it is neither a tokenizer option ({sorted(TEXT_KWARGS)}) nor an image "
+                               f"option ({sorted(IMAGE_KWARGS)}).")
         return text_kwargs, image_kwargs
 
     def decode(self, *args: Any, **kwargs: Any) -> str:
@@ -142,6 +153,22 @@ class CLIPProcessor:
     def __repr__(self) -> str:
         return (f"{type(self).__name__}:\n- image_processor: {self.image_processor!r}\n"
                 f"- tokenizer: {self.tokenizer!r}")
+
+
+def _is_text(value: Any) -> bool:
+    """A string, or a list/tuple of strings or of pre-split word lists."""
+    if isinstance(value, str):
+        return True
+    return isinstance(value, (list, tuple)) and all(
+        isinstance(v, str) or (isinstance(v, (list, tuple)) and all(isinstance(w, str) for w in v)) for v in value)
+
+
+def _text_and_images(first: Any, second: Any) -> tuple[Any, Any]:
+    """(text, images) from the call's first two arguments, swapped when the first is not text but the second is
+    text or missing (the reference's 4.57 order, ``processor(images, text)``)."""
+    if first is not None and not _is_text(first) and (second is None or _is_text(second)):
+        return second, first
+    return first, second
 
 
 def read_image_processor_dict(name: str | os.PathLike, hub: dict[str, Any]) -> dict[str, Any]:
