@@ -325,3 +325,32 @@ def test_patch_embedding_as_matmul_equals_convolution(size, patch, channels):
     x = torch.randn(3, channels, size, size + 3)
     expected = conv(x).flatten(2).transpose(1, 2)
     torch.testing.assert_close(patch_embedding_as_matmul(x, conv.weight), expected, atol=1e-5, rtol=1e-5)
+
+
+def _reference_activations() -> list[str]:
+    from transformers.activations import ACT2CLS
+
+    return sorted(name for name in ACT2CLS if name != "xielu")  # xielu: learned, CUDA-kernel activation of Apertus
+
+
+@pytest.mark.parametrize("act", _reference_activations())
+def test_every_reference_activation_matches(act, tmp_path):
+    """Every hidden_act of transformers' table builds and matches, in both towers (prelu with its weight)."""
+    config = tiny_config_dict(text={"hidden_act": act}, vision={"hidden_act": act})
+    torch.manual_seed(0)
+    ref = transformers.CLIPModel(transformers.CLIPConfig(**config)).eval()
+    if act == "prelu":
+        with torch.no_grad():
+            weights = [p for name, p in ref.named_parameters() if name.endswith("activation_fn.weight")]
+            for i, param in enumerate(weights):
+                param.fill_(0.1 + 0.05 * i)
+    ref.save_pretrained(tmp_path)
+    ours = clipfast.CLIPModel.from_pretrained(tmp_path).eval()
+    assert sorted(ours.state_dict()) == sorted(ref.state_dict())
+    ids = torch.randint(1, 97, (2, 7))
+    ids[:, -1] = 98
+    pixels = torch.randn(2, 3, config["vision_config"]["image_size"], config["vision_config"]["image_size"])
+    with torch.no_grad():
+        assert_same(ref(input_ids=ids, pixel_values=pixels), ours(input_ids=ids, pixel_values=pixels))
+    with pytest.raises(ValueError, match="hidden_act='nope' is not supported"):
+        clipfast.CLIPTextModel(clipfast.CLIPTextConfig(**{**TINY_TEXT, "hidden_act": "nope"}))

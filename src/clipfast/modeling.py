@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, fields
@@ -159,21 +160,50 @@ def quick_gelu(x: torch.Tensor) -> torch.Tensor:
     return x * torch.sigmoid(1.702 * x)
 
 
+def _tanh_gelu(x: torch.Tensor) -> torch.Tensor:
+    """GELU's tanh approximation written out, in the reference's order of operations (``gelu_new`` & co.)."""
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+def _laplace(x: torch.Tensor, mu: float = 0.707107, sigma: float = 0.282095) -> torch.Tensor:
+    """MEGA's Laplace activation, the Gaussian CDF at ``(x - mu) / sigma``."""
+    return 0.5 * (1.0 + torch.erf((x - mu).div(sigma * math.sqrt(2.0))))
+
+
+# every hidden_act of transformers' table (ACT2CLS), with its arithmetic; prelu and leaky_relu are modules (prelu
+# has a weight, stored as "mlp.activation_fn.weight" in checkpoints)
 ACT2FN: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "quick_gelu": quick_gelu,
     "gelu": F.gelu,
-    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_python": lambda x: x * 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0))),
+    "gelu_10": lambda x: torch.clip(F.gelu(x), -10, 10),
+    "gelu_new": _tanh_gelu,
+    "gelu_accurate": lambda x: 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * torch.pow(x, 3)))),
+    "gelu_python_tanh": lambda x: x * 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(
+        x, 3.0)))),
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_fast": lambda x: 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x))),
     "relu": F.relu,
+    "relu2": lambda x: torch.square(F.relu(x)),
+    "relu6": F.relu6,
     "silu": F.silu,
     "swish": F.silu,
+    "mish": F.mish,
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "linear": lambda x: x,
+    "laplace": _laplace,
 }
+_ACT_MODULES: dict[str, Callable[[], nn.Module]] = {"prelu": nn.PReLU, "leaky_relu": nn.LeakyReLU}
 
 
 def _activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The activation called ``name`` in config.hidden_act: a function, or a module for prelu / leaky_relu."""
+    if name in _ACT_MODULES:
+        return _ACT_MODULES[name]()
     if name not in ACT2FN:
-        raise ValueError(f"hidden_act={name!r} is not supported; choose one of {sorted(ACT2FN)}.")
+        raise ValueError(f"hidden_act={name!r} is not supported; choose one of "
+                         f"{sorted([*ACT2FN, *_ACT_MODULES])}.")
     return ACT2FN[name]
 
 
@@ -878,6 +908,8 @@ class CLIPPreTrainedModel(nn.Module):
             rules.append((module.classifier.weight, normal(std)))
         if isinstance(module, nn.LayerNorm):
             rules += [(module.bias, lambda t: t.zero_()), (module.weight, lambda t: t.fill_(1.0))]
+        if isinstance(module, nn.PReLU):
+            rules.append((module.weight, lambda t: t.fill_(0.25)))  # its constructor's value
         if isinstance(module, nn.Linear) and module.bias is not None:
             rules.append((module.bias, lambda t: t.zero_()))
         return rules
