@@ -227,6 +227,57 @@ def test_text_longer_than_positions_is_a_clear_error():
     model = clipfast.CLIPTextModel(clipfast.CLIPTextConfig(**TINY_TEXT))
     with pytest.raises(ValueError, match="truncation=True"):
         model(torch.ones(1, TINY_TEXT["max_position_embeddings"] + 1, dtype=torch.long))
+    full = clipfast.CLIPModel(clipfast.CLIPConfig(**tiny_config_dict()))
+    ids = torch.full((2, TINY_TEXT["max_position_embeddings"] + 4), 98)  # padded past the table, EOS early
+    ids[:, :3] = 5
+    with pytest.raises(ValueError, match="truncation=True"):
+        full.get_text_features(input_ids=ids)
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_attention_mask_shapes(attn, tmp_path):
+    """A (1, T) mask applies to every row (it broadcasts in the reference); other shapes are clear errors, even
+    all-ones masks that sdpa would not need."""
+    ref = transformers.CLIPModel(_ref_config("CLIPModel")).eval()
+    ref.save_pretrained(tmp_path)
+    ours = clipfast.CLIPModel.from_pretrained(tmp_path, attn_implementation=attn)
+    ids = torch.randint(1, 97, (3, 10))
+    ids[:, 6] = 98
+    one_row = torch.ones(1, 10, dtype=torch.long)
+    one_row[0, 8:] = 0
+    with torch.no_grad():
+        for mask in (one_row, torch.ones(1, 10, dtype=torch.long)):
+            assert_same(ref.get_text_features(input_ids=ids, attention_mask=mask),
+                        ours.get_text_features(input_ids=ids, attention_mask=mask))
+            assert_same(ref.text_model(input_ids=ids, attention_mask=mask),
+                        ours.text_model(input_ids=ids, attention_mask=mask))
+        for shape in ((3, 9), (3, 12), (2, 10), (3, 1, 10)):
+            for call in (ours.get_text_features, ours.text_model):
+                with pytest.raises(ValueError, match="attention_mask has shape"):
+                    call(input_ids=ids, attention_mask=torch.ones(shape, dtype=torch.long))
+
+
+def test_hooks_on_the_text_tower_see_the_full_sequence(tmp_path, text_inputs):
+    """get_text_features computes only up to the pooled token, unless a hook is there to see the rest."""
+    ref = transformers.CLIPModel(_ref_config("CLIPModel")).eval()
+    ref.save_pretrained(tmp_path)
+    ours = clipfast.CLIPModel.from_pretrained(tmp_path)
+    ids, mask = text_inputs
+    ids = torch.cat([ids, torch.full((ids.shape[0], 6), 98)], dim=1)
+    mask = torch.cat([mask, torch.zeros(mask.shape[0], 6, dtype=mask.dtype)], dim=1)
+    seen = {}
+    for model, name in ((ref, "ref"), (ours, "ours")):
+        handles = [model.text_model.encoder.layers[0].register_forward_hook(
+                       lambda m, a, out, name=name: seen.setdefault(name, []).append(tuple(a[0].shape))),
+                   model.text_model.final_layer_norm.register_forward_hook(
+                       lambda m, a, out, name=name: seen.setdefault(name, []).append(tuple(out.shape)))]
+        with torch.no_grad():
+            features = model.get_text_features(input_ids=ids, attention_mask=mask)
+        for handle in handles:
+            handle.remove()
+        seen[name + "-features"] = features
+    assert seen["ours"] == seen["ref"] == [tuple(ids.shape) + (TINY_TEXT["hidden_size"],)] * 2
+    assert_same(seen["ref-features"], seen["ours-features"])
 
 
 def test_module_names_and_api_match_reference():

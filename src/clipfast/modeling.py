@@ -427,18 +427,32 @@ class CLIPTextEmbeddings(nn.Module):
     def forward(self, input_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                 inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
         length = input_ids.shape[-1] if input_ids is not None else inputs_embeds.shape[-2]  # type: ignore[union-attr]
-        max_positions = self.position_embedding.weight.shape[0]
-        if length > max_positions:
-            raise ValueError(
-                f"Sequence length must be less than max_position_embeddings (got `sequence length`: {length} and "
-                f"max_position_embeddings: {max_positions}). Tokenize with truncation=True (and max_length="
-                f"{max_positions}) to cut longer texts.")
+        self.check_length(length)
         if inputs_embeds is None:
             inputs_embeds = self.token_embedding(input_ids)
         if position_ids is None:
             # the first T rows of the table: identical to a lookup at arange(T), without the gather
             return inputs_embeds + self.position_embedding.weight[:length]
         return inputs_embeds + self.position_embedding(position_ids)
+
+    def check_length(self, length: int) -> None:
+        """The reference's error for sequences longer than the position table, with the fix in the message."""
+        max_positions = self.position_embedding.weight.shape[0]
+        if length > max_positions:
+            raise ValueError(
+                f"Sequence length must be less than max_position_embeddings (got `sequence length`: {length} and "
+                f"max_position_embeddings: {max_positions}). Tokenize with truncation=True (and max_length="
+                f"{max_positions}) to cut longer texts.")
+
+
+def _check_text_mask(mask: torch.Tensor | None, batch: int, length: int) -> torch.Tensor | None:
+    """A (B, T) padding mask for (B, T) ids, or a (1, T) one, which applies to every row (it broadcasts in the
+    reference); any other shape is an error rather than a silently wrong or dropped mask."""
+    if mask is not None and (mask.dim() != 2 or mask.shape[1] != length or mask.shape[0] not in (1, batch)):
+        raise ValueError(f"attention_mask has shape {tuple(mask.shape)} but input_ids has shape ({batch}, {length}); "
+                         "pass the attention_mask the tokenizer returned with these input_ids, shaped (batch, "
+                         "sequence length).")
+    return mask
 
 
 class CLIPVisionEmbeddings(nn.Module):
@@ -744,8 +758,9 @@ class CLIPTextTransformer(nn.Module):
         if input_ids is None:
             raise ValueError("You have to specify input_ids (token ids from CLIPTokenizer).")
         input_ids = input_ids.view(-1, input_ids.shape[-1])  # (B, T)
-        hidden_states = self.embeddings(input_ids=input_ids, position_ids=position_ids)
         batch, length = input_ids.shape
+        attention_mask = _check_text_mask(attention_mask, batch, length)
+        hidden_states = self.embeddings(input_ids=input_ids, position_ids=position_ids)
         dtype, device = hidden_states.dtype, hidden_states.device
         causal = _causal_mask(batch, length, dtype, device)
         if self.config._attn_implementation == "flash_attention_2":
@@ -769,12 +784,18 @@ class CLIPTextTransformer(nn.Module):
 
         Attention is causal, so the pooled token sees only positions up to itself: columns after the last pooled
         position are cut, and with right padding (or none) no padding mask is needed. Same numbers as ``forward``.
+        Hooks on the tower's layers see the full sequence: with any, ``forward`` runs.
         """
         if input_ids is None:
             raise ValueError("You have to specify input_ids (token ids from CLIPTokenizer).")
         input_ids = input_ids.view(-1, input_ids.shape[-1])  # (B, T)
-        if position_ids is not None or (attention_mask is not None and not _is_right_padded(attention_mask)):
-            return self.forward(input_ids, attention_mask, position_ids, False, False, True).pooler_output
+        attention_mask = _check_text_mask(attention_mask, *input_ids.shape)
+        self.embeddings.check_length(input_ids.shape[1])
+        if attention_mask is not None:
+            attention_mask = attention_mask.expand(input_ids.shape[0], -1)  # a (1, T) mask applies to every row
+        if (position_ids is not None or (attention_mask is not None and not _is_right_padded(attention_mask))
+                or any(_hooked(m) for m in self.modules())):
+            return self(input_ids, attention_mask, position_ids, False, False, True).pooler_output
         positions = self._eos_positions(input_ids)
         if attention_mask is not None and not bool(attention_mask.gather(1, positions[:, None].to(
                 attention_mask.device)).all()):
