@@ -18,7 +18,7 @@ import transformers
 from PIL import Image
 
 import clipfast
-from clipfast.errors import ImageLoadError, InputError
+from clipfast.errors import CheckpointError, ImageLoadError, InputError
 from loopback import serve
 
 LABELS = ["a photo of a cat", "a photo of a dog", "a photo of a car"]
@@ -262,6 +262,9 @@ def test_auto_classes_map_by_model_type(hub_folder, tmp_path):
     transformers.CLIPTextModel(transformers.CLIPTextConfig(**TINY_TEXT)).save_pretrained(text)
     assert type(clipfast.AutoModel.from_pretrained(text)) is clipfast.CLIPTextModel
     assert type(clipfast.AutoConfig.from_pretrained(text)) is clipfast.CLIPTextConfig
+    for head in (clipfast.AutoModelForImageClassification, clipfast.AutoModelForZeroShotImageClassification):
+        with pytest.raises(CheckpointError, match="cannot load a 'clip_text_model' checkpoint"):
+            head.from_pretrained(text)  # a tower has no head (the reference: "Unrecognized configuration class")
     config = clipfast.AutoConfig.from_pretrained(tiny)
     assert type(clipfast.AutoModel.from_config(config)) is clipfast.CLIPModel
     assert type(clipfast.AutoTokenizer.from_pretrained(hub_folder)) is clipfast.CLIPTokenizerFast
@@ -274,5 +277,5 @@ def test_auto_classes_map_by_model_type(hub_folder, tmp_path):
 def test_auto_unknown_model_type_names_it(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "siglip", "architectures": ["SiglipModel"]}))
     for auto in (clipfast.AutoModel, clipfast.AutoConfig):
-        with pytest.raises(clipfast.errors.CheckpointError, match="'siglip'"):
+        with pytest.raises(CheckpointError, match="'siglip'"):
             auto.from_pretrained(tmp_path)

@@ -76,12 +76,12 @@ class _AutoModel:
             return classes[model_type]
         from clipfast.modeling import MODEL_CLASSES
 
+        if model_type in ("clip", "clip_text_model", "clip_vision_model"):  # ours, but not a class of this table
+            raise CheckpointError(f"{cls.__name__} cannot load a {model_type!r} checkpoint ({os.fspath(source)!r}); "
+                                  f"it handles {sorted(cls._table)}.")
         for arch in architectures or []:  # a config without a known model_type but naming our class
             if arch in MODEL_CLASSES:
                 return MODEL_CLASSES[arch]
-        if model_type in ("clip", "clip_text_model", "clip_vision_model"):
-            raise CheckpointError(f"{cls.__name__} cannot load a {model_type!r} checkpoint ({os.fspath(source)!r}); "
-                                  f"it handles {sorted(cls._table)}.")
         raise _unsupported(source, model_type)
 
     @classmethod
