@@ -257,8 +257,49 @@ def test_mismatched_shapes_name_the_tensors(ref_folder):
     with pytest.raises(CheckpointError, match=r"text_projection.weight: checkpoint \(24, 32\), model \(16, 32\)"):
         clipfast.CLIPModel.from_pretrained(ref_folder)
     with pytest.warns(UserWarning, match="newly initialized"):
-        model = clipfast.CLIPModel.from_pretrained(ref_folder, ignore_mismatched_sizes=True)
+        model, info = clipfast.CLIPModel.from_pretrained(ref_folder, ignore_mismatched_sizes=True,
+                                                         output_loading_info=True)
     assert model.text_projection.weight.shape == (16, 32)
+    _, ref_info = transformers.CLIPModel.from_pretrained(ref_folder, ignore_mismatched_sizes=True,
+                                                         output_loading_info=True)
+    assert info["mismatched_keys"] == ref_info["mismatched_keys"] == ["text_projection.weight",
+                                                                      "visual_projection.weight"]
+
+
+def test_base_model_prefix_is_stripped(ref_folder, tmp_path, text_inputs, pixel_values):
+    """Weights saved from a wrapper module (keys "clip.text_model...."), as transformers strips base_model_prefix."""
+    ref = transformers.CLIPModel.from_pretrained(ref_folder)
+    folder = tmp_path / "wrapped"
+    folder.mkdir()
+    (folder / "config.json").write_text((ref_folder / "config.json").read_text())
+    save_file({"clip." + k: v.contiguous() for k, v in ref.state_dict().items()}, folder / "model.safetensors")
+    model, info = clipfast.CLIPModel.from_pretrained(folder, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert torch.allclose(_logits(model, text_inputs, pixel_values), _logits(ref, text_inputs, pixel_values),
+                          atol=1e-5)
+    text, info = clipfast.CLIPTextModel.from_pretrained(folder, output_loading_info=True)
+    assert not info["missing_keys"] and torch.equal(text.text_model.final_layer_norm.weight,
+                                                     ref.text_model.final_layer_norm.weight)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, None])
+def test_config_records_the_loaded_dtype(ref_folder, dtype):
+    model = clipfast.CLIPModel.from_pretrained(ref_folder, torch_dtype=dtype)
+    ref = transformers.CLIPModel.from_pretrained(ref_folder, torch_dtype=dtype)
+    for ours, theirs in ((model.config, ref.config), (model.config.text_config, ref.config.text_config),
+                         (model.config.vision_config, ref.config.vision_config)):
+        assert ours.torch_dtype == theirs.torch_dtype == model.dtype  # a name that equals the torch dtype
+        assert ours.to_dict()["torch_dtype"] == str(model.dtype).removeprefix("torch.")
+
+
+def test_attn_implementation_per_tower(ref_folder):
+    choice = {"text_config": "eager", "vision_config": "sdpa"}
+    model = clipfast.CLIPModel.from_pretrained(ref_folder, attn_implementation=choice)
+    assert (model.config.text_config._attn_implementation, model.config.vision_config._attn_implementation) == (
+        "eager", "sdpa")
+    assert model.text_model.encoder.layers[0].self_attn.config._attn_implementation == "eager"
+    with pytest.raises(ValueError, match="attn_implementation='fast'"):
+        clipfast.CLIPModel.from_pretrained(ref_folder, attn_implementation={"text_config": "fast"})
 
 
 def test_missing_path_and_file_instead_of_folder(tmp_path, ref_folder):

@@ -24,12 +24,26 @@ from clipfast.hub import CONFIG_NAME, read_json, resolve_file
 _DROPPED_ON_LOAD = ("transformers_version", "model_type")
 
 
-def _dtype_name(value: Any) -> str | None:
+class DtypeName(str):
+    """A dtype's name as config.json stores it (``"float16"``) that also equals the torch dtype, so that
+    ``config.torch_dtype == torch.float16`` holds as in transformers (which keeps a ``torch.dtype`` there)."""
+
+    def __eq__(self, other: object) -> bool:
+        if type(other).__module__ == "torch" and type(other).__name__ == "dtype":
+            other = str(other).removeprefix("torch.")
+        return str.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    __hash__ = str.__hash__
+
+
+def _dtype_name(value: Any) -> DtypeName | None:
     """``torch.float16`` / ``"torch.float16"`` / ``"float16"`` -> ``"float16"``; None stays None."""
     if value is None:
         return None
-    text = str(value)
-    return text[len("torch."):] if text.startswith("torch.") else text
+    return DtypeName(str(value).removeprefix("torch."))
 
 
 def set_known_attributes(obj: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -65,8 +79,8 @@ class PretrainedConfig:
         self.architectures: list[str] | None = kwargs.pop("architectures", None)
         self.problem_type: str | None = kwargs.pop("problem_type", None)
         self._name_or_path: str = str(kwargs.pop("name_or_path", kwargs.pop("_name_or_path", "")))
-        self._attn_implementation_value: str | None = kwargs.pop("attn_implementation",
-                                                                 kwargs.pop("_attn_implementation", None))
+        self._attn_implementation_value: str | dict | None = kwargs.pop("attn_implementation",
+                                                                        kwargs.pop("_attn_implementation", None))
         self._set_labels(kwargs.pop("id2label", None), kwargs.pop("label2id", None), kwargs.pop("num_labels", None))
         for key in _DROPPED_ON_LOAD:
             kwargs.pop(key, None)
@@ -109,15 +123,18 @@ class PretrainedConfig:
     @property
     def _attn_implementation(self) -> str:
         """The attention backend the model uses: "eager", "sdpa" (default) or "flash_attention_2"."""
-        return self._attn_implementation_value or "sdpa"
+        value = self._attn_implementation_value
+        return (value.get("") if isinstance(value, dict) else value) or "sdpa"
 
     @_attn_implementation.setter
-    def _attn_implementation(self, value: str | None) -> None:
-        # the choice applies to sub-configs too (both towers of a CLIPConfig), as in transformers
-        self._attn_implementation_value = value
-        for sub in vars(self).values():
+    def _attn_implementation(self, value: str | dict[str, str | None] | None) -> None:
+        # the choice applies to sub-configs too (both towers of a CLIPConfig), as in transformers; a dict sets
+        # them by name ({"text_config": "eager", "vision_config": "sdpa"}; "" is this config's own entry)
+        per_part = value if isinstance(value, dict) else None
+        self._attn_implementation_value = per_part.get("") if per_part is not None else value
+        for name, sub in vars(self).items():
             if isinstance(sub, PretrainedConfig):
-                sub._attn_implementation = value
+                sub._attn_implementation = per_part.get(name) if per_part is not None else value
 
     # -- dict / JSON --------------------------------------------------------------------------------------------
 

@@ -55,8 +55,11 @@ def resolve_dtype(dtype: Any, config: PretrainedConfig, state_dict: dict[str, to
     return value
 
 
-def check_attn_implementation(name: str | None) -> str:
-    """Validate the attention switch; flash attention needs CUDA."""
+def check_attn_implementation(name: str | dict[str, str | None] | None) -> Any:
+    """Validate the attention switch (or a dict of them by sub-config, e.g. ``{"text_config": "eager",
+    "vision_config": "sdpa"}``); flash attention needs CUDA."""
+    if isinstance(name, dict):
+        return {part: check_attn_implementation(value) for part, value in name.items()}
     name = name or "sdpa"
     if name not in ATTN_IMPLEMENTATIONS:
         raise ValueError(f"attn_implementation={name!r} is not supported; choose one of {list(ATTN_IMPLEMENTATIONS)}.")
@@ -145,6 +148,7 @@ def load_state_into(cls: type, config: PretrainedConfig, state_dict: dict[str, t
     if key_mapping:
         state_dict = _rename(state_dict, key_mapping)
     target_dtype = resolve_dtype(dtype if dtype is not None else torch_dtype, config, state_dict)
+    _set_config_dtype(config, target_dtype)
     with torch.device("meta"), no_init_weights():
         model = cls(config)
     state_dict = _match_prefix(state_dict, model)
@@ -155,6 +159,14 @@ def load_state_into(cls: type, config: PretrainedConfig, state_dict: dict[str, t
     _warn_slow_cpu_bf16(target_dtype, device)
     model = model.to(device).eval()
     return (model, info) if output_loading_info else model
+
+
+def _set_config_dtype(config: PretrainedConfig, dtype: torch.dtype) -> None:
+    """Record the dtype the model is loaded in, on the config and its sub-configs (as transformers does)."""
+    config.dtype = dtype  # stored by name
+    for sub in vars(config).values():
+        if isinstance(sub, PretrainedConfig):
+            _set_config_dtype(sub, dtype)
 
 
 def _warn_slow_cpu_bf16(dtype: torch.dtype, device: torch.device) -> None:
@@ -193,10 +205,17 @@ def _rename(state_dict: dict[str, torch.Tensor], key_mapping: dict[str, str]) ->
 
 
 def _match_prefix(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Add a missing tower prefix: transformers 5 keeps single-tower weights as ``embeddings.*`` in memory."""
+    """Fit the checkpoint's key prefixes to the model's: drop the base-model prefix ``clip.`` (weights saved from a
+    wrapper, as transformers strips ``base_model_prefix``), and add a missing tower prefix (transformers 5 keeps
+    single-tower weights as ``embeddings.*`` in memory)."""
     expected = set(model.state_dict())
     if expected & set(state_dict):
         return state_dict
+    prefix = getattr(model, "base_model_prefix", "") + "."
+    if prefix != "." and any(k.startswith(prefix) for k in state_dict):
+        state_dict = {k.removeprefix(prefix): v for k, v in state_dict.items()}
+        if expected & set(state_dict):
+            return state_dict
     for prefix in ("text_model.", "vision_model."):
         renamed = {prefix + k: v for k, v in state_dict.items()}
         if expected & set(renamed):
@@ -230,8 +249,8 @@ def _assign(model: CLIPPreTrainedModel, state_dict: dict[str, torch.Tensor], dty
             "ignore_mismatched_sizes=True to re-initialise them.")
     model.load_state_dict(usable, strict=False, assign=True)
     _materialize(model, dtype, {k for k in expected if k not in usable})
-    return {"missing_keys": missing, "unexpected_keys": unexpected,
-            "mismatched_keys": [(k, c, m) for k, c, m in mismatched], "error_msgs": []}
+    return {"missing_keys": missing, "unexpected_keys": unexpected, "mismatched_keys": sorted(k for k, _, _ in mismatched),
+            "error_msgs": [], "_mismatched_shapes": mismatched}
 
 
 def _post_order(module: nn.Module) -> Iterator[nn.Module]:
@@ -285,7 +304,7 @@ def _report(model: nn.Module, source: str, info: dict[str, list]) -> None:
         warnings.warn(f"Some weights of {class_name} were not in {source!r} and are newly initialized: "
                       f"{info['missing_keys'][:10]}{' ...' if len(info['missing_keys']) > 10 else ''}. "
                       "Train the model before using it for predictions.", stacklevel=3)
-    for key, ckpt, mine in info["mismatched_keys"]:
+    for key, ckpt, mine in info.pop("_mismatched_shapes"):
         warnings.warn(f"{key} of {source!r} has shape {ckpt}, the model needs {mine}: newly initialized.",
                       stacklevel=3)
 
@@ -316,7 +335,7 @@ def save_pretrained(model: CLIPPreTrainedModel, save_directory: str | os.PathLik
     os.makedirs(save_directory, exist_ok=True)
     config = model.config
     config.architectures = [type(model).__name__]
-    config.torch_dtype = str(model.dtype).removeprefix("torch.")
+    config.dtype = model.dtype  # stored by name
     config.save_pretrained(save_directory)
     save_weights(state_dict if state_dict is not None else model.state_dict(), save_directory,
                  max_shard_size=max_shard_size, safe_serialization=safe_serialization)
