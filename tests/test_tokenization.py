@@ -364,13 +364,23 @@ def test_single_text_corner_cases_match_reference(pairs: dict, kind: str) -> Non
             ours.decode([320, 49999])
 
 
-def test_fast_add_tokens_special_is_not_an_additional_special_token() -> None:
+def test_fast_add_tokens_special_is_not_an_additional_special_token(tmp_path) -> None:
     ours = clipfast.CLIPTokenizerFast.from_pretrained(hub_dir())
     ref = transformers.CLIPTokenizerFast.from_pretrained(hub_dir())
-    ours.add_tokens(["<s1>"], special_tokens=True)
-    ref.add_tokens(["<s1>"], special_tokens=True)
-    ids = ref("a <s1>").input_ids
-    assert ours("a <s1>").input_ids == ids and ours.all_special_tokens == ref.all_special_tokens
+    for tok in (ours, ref):
+        tok.add_tokens(["<s1>"], special_tokens=True)
+        tok.add_tokens(["<n1>"])
+    text = "a <s1> <n1>"
+    ids = ref(text).input_ids
+    assert ours(text).input_ids == ids and ours.all_special_tokens == ref.all_special_tokens
     assert ours.convert_ids_to_tokens(ids, skip_special_tokens=True) == ref.convert_ids_to_tokens(
         ids, skip_special_tokens=True)
     assert ours.decode(ids, skip_special_tokens=True) == ref.decode(ids, skip_special_tokens=True)
+    # saved and reloaded without tokenizer.json: the special flag survives in tokenizer_config.json
+    for tok, name in ((ours, "ours"), (ref, "ref")):
+        tok.save_pretrained(tmp_path / name)
+        (tmp_path / name / "tokenizer.json").unlink()
+        for cls in (clipfast.CLIPTokenizerFast, transformers.CLIPTokenizerFast):
+            loaded = cls.from_pretrained(tmp_path / name)
+            assert loaded(text).input_ids == ids
+            assert loaded.decode(ids, skip_special_tokens=True) == ref.decode(ids, skip_special_tokens=True)

@@ -798,15 +798,18 @@ class TokenizerBase:
     def _base_vocab(self) -> Any:
         raise NotImplementedError
 
+    def _added_is_special(self, index: int, content: str) -> bool:
+        """Whether the added token ``content`` (id ``index``) is special (skipped by ``skip_special_tokens``)."""
+        return content in self.all_special_tokens
+
     def _token_dict(self, content: str, special: bool | None) -> dict[str, Any]:
         """An added token as transformers serialises it."""
         return _added_token_dict(content, special, normalized=self._token_normalized(content))
 
     def _config_dict(self) -> dict[str, Any]:
         """tokenizer_config.json as transformers 4.57 writes it (special tokens as strings, added tokens by id)."""
-        special = set(self.all_special_tokens)
         config: dict[str, Any] = {
-            "added_tokens_decoder": {str(i): self._token_dict(t, special=t in special)
+            "added_tokens_decoder": {str(i): self._token_dict(t, special=self._added_is_special(i, t))
                                      for i, t in sorted(self._added_tokens_decoder().items())},
             **{k: v for k, v in self._special.items() if v is not None},
             "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces,
@@ -870,7 +873,8 @@ def _config_kwargs(files: dict[str, str | None]) -> dict[str, Any]:
                 init[key] = value
     added = {int(i): t for i, t in (init.pop("added_tokens_decoder", None) or {}).items()}  # str or dict
     if files[ADDED_TOKENS_NAME]:
-        added.update({int(i): t for t, i in hub.read_json(files[ADDED_TOKENS_NAME]).items()})  # type: ignore[arg-type]
+        for token, index in hub.read_json(files[ADDED_TOKENS_NAME]).items():  # type: ignore[union-attr]
+            added.setdefault(int(index), token)  # the config's entries know more (the special flag)
     init["added_tokens"] = added
     for key in ("tokenizer_class", "auto_map", "processor_class", "tokenizer_file", "special_tokens_map_file",
                 "backend", "extra_special_tokens", "name_or_path"):

@@ -169,6 +169,12 @@ class CLIPTokenizerFast(TokenizerBase):
     def _base_vocab(self) -> dict[str, int]:
         return self._tokenizer.get_vocab(with_added_tokens=False)
 
+    def _added_is_special(self, index: int, content: str) -> bool:
+        """As the backend marks it (``add_tokens(..., special_tokens=True)`` makes a special token that is not
+        listed in ``all_special_tokens``, as in the reference)."""
+        token = self._tokenizer.get_added_tokens_decoder().get(index)
+        return super()._added_is_special(index, content) if token is None else bool(token.special)
+
     def _token_normalized(self, content: str) -> bool:
         """As the backend matches the token (tokenizer.json may say either)."""
         index = self._tokenizer.token_to_id(content)
