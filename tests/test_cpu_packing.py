@@ -311,3 +311,104 @@ def test_one_shot_use_does_not_pack(text_inputs, pixel_values):
         assert not _has_packs(model.vision_model.encoder.layers[0].mlp)
         model(input_ids=ids, attention_mask=mask, pixel_values=pixel_values)
         assert _has_packs(model.vision_model.encoder.layers[0].mlp)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_packs_follow_fused_optimizer_steps(optimizer, text_inputs, pixel_values):
+    """Fused optimizers update weights in place without bumping version counters: the sampled values tell."""
+    model = _model()
+    make = {"adamw": lambda p: torch.optim.AdamW(p, lr=1e-2, fused=True),
+            "sgd": lambda p: torch.optim.SGD(p, lr=1e-1, fused=True)}[optimizer]
+    opt = make(model.parameters())
+    for _ in range(2):
+        with torch.no_grad():
+            _outputs(model, text_inputs, pixel_values)  # evaluation packs the layers
+        assert _packed_layers(model) > 0
+        model.train()
+        ids, mask = text_inputs
+        model(input_ids=ids, attention_mask=mask, pixel_values=pixel_values, return_loss=True).loss.backward()
+        opt.step()
+        opt.zero_grad()
+        model.eval()
+        with torch.no_grad():
+            got = _outputs(model, text_inputs, pixel_values)
+        _assert_close(got, _plain(model, text_inputs, pixel_values))
+
+
+def test_replaced_parameters_are_never_mistaken_for_the_old_ones(text_inputs, pixel_values):
+    """A weight replaced twice may land at the old address with the same version: the packs are made again."""
+    model = _model()
+    layer = model.vision_model.encoder.layers[0].mlp.fc1
+    with torch.no_grad():
+        for trial in range(4):
+            _outputs(model, text_inputs, pixel_values)
+            original = layer.weight
+            layer.weight = torch.nn.Parameter(torch.randn_like(original))
+            layer.weight = torch.nn.Parameter(original.detach().clone() + 0.5 * (trial + 1))
+            del original
+            got = _outputs(model, text_inputs, pixel_values)
+            _assert_close(got, _plain(model, text_inputs, pixel_values))
+
+
+def test_activation_swapped_after_packing(text_inputs, pixel_values):
+    """The MLP packs fold quick_gelu's 1.702 in: another activation makes them again."""
+    model = _model()
+    with torch.no_grad():
+        _outputs(model, text_inputs, pixel_values)
+        for layer in model.vision_model.encoder.layers:
+            layer.mlp.activation_fn = torch.nn.functional.gelu
+        got = _outputs(model, text_inputs, pixel_values)
+    _assert_close(got, _plain(model, text_inputs, pixel_values))
+
+
+def test_forward_mode_ad_sees_the_plain_ops(pixel_values):
+    """jvp through a packed model: MKL's packed product has no forward-AD formula, so the plain ops run."""
+    model = _model(vision={"hidden_act": "quick_gelu"})
+    model.config.vision_config._attn_implementation = "eager"  # sdpa has no forward AD
+    tangent = torch.randn_like(pixel_values)
+    with torch.no_grad():
+        for _ in range(2):
+            model.get_image_features(pixel_values=pixel_values)
+        packed = torch.func.jvp(lambda p: model.get_image_features(pixel_values=p), (pixel_values,), (tangent,))
+        model.set_cpu_weight_packing(False)
+        plain = torch.func.jvp(lambda p: model.get_image_features(pixel_values=p), (pixel_values,), (tangent,))
+    assert packed[1].abs().max() > 0
+    torch.testing.assert_close(packed[1], plain[1], atol=1e-5, rtol=1e-5)
+
+
+def test_swapped_layers_with_other_geometry_are_called(pixel_values):
+    """Only the plain patchify convolution becomes a matmul, and only biased Linears take the folded MLP: other
+    layers are called as they are (the ground truth: the same model with a no-op hook, which forces the call)."""
+    model = _model()
+    embeddings = model.vision_model.embeddings
+    width = embeddings.patch_embedding.out_channels
+    for conv in (torch.nn.Conv2d(3, width, 2, 2, bias=True),  # 30 px: a 15 x 15 grid either way
+                 torch.nn.Conv2d(3, width, 4, 2, padding=1, bias=False)):
+        embeddings.patch_embedding = conv
+        with torch.no_grad():
+            for _ in range(2):
+                got = model.get_image_features(pixel_values=pixel_values)
+            handle = conv.register_forward_hook(lambda module, args, output: None)
+            want = model.get_image_features(pixel_values=pixel_values)
+            handle.remove()
+        torch.testing.assert_close(got, want)
+    mlp = model.text_model.encoder.layers[0].mlp
+    for name in ("fc1", "fc2"):
+        linear = getattr(mlp, name)
+        setattr(mlp, name, torch.nn.Linear(linear.in_features, linear.out_features, bias=False))
+        with torch.no_grad():
+            hidden = torch.randn(2, 5, mlp.fc1.in_features)
+            torch.testing.assert_close(mlp(hidden), mlp.fc2(mlp.activation_fn(mlp.fc1(hidden))))
+        setattr(mlp, name, linear)
+
+
+def test_backward_hooks_on_the_patch_convolution_fire(pixel_values):
+    model = _model()
+    calls = []
+    handle = model.vision_model.embeddings.patch_embedding.register_full_backward_hook(
+        lambda module, grad_in, grad_out: calls.append(grad_out[0].shape))
+    try:
+        model.get_image_features(pixel_values=pixel_values.clone().requires_grad_()).sum().backward()
+    finally:
+        handle.remove()
+    assert len(calls) == 1

@@ -88,6 +88,32 @@ def test_cpu_bf16_as_fp32_matches_fp32_with_rounded_weights(model, inputs, cache
     torch.testing.assert_close(text, expected[1], rtol=1e-4, atol=1e-5)
 
 
+def test_cpu_bf16_as_fp32_cache_follows_weight_changes(model, inputs):
+    """The cached float32 weights are made again after load_state_dict, an optimizer step or new storage."""
+    import pickle
+
+    pixels, ids = inputs
+    pixels = pixels.to(torch.bfloat16)
+    cached = cpu_bf16_as_fp32(copy.deepcopy(model).to(torch.bfloat16), cache=True)
+    plain = cpu_bf16_as_fp32(copy.deepcopy(model).to(torch.bfloat16), cache=False)
+    _embeddings(cached, pixels, ids)  # fills the caches
+    other = {k: v + 0.05 * torch.randn_like(v.float()).to(v.dtype) if v.is_floating_point() else v
+             for k, v in cached.state_dict().items()}
+    for net in (cached, plain):
+        net.load_state_dict(other)
+    for got, want in zip(_embeddings(cached, pixels, ids), _embeddings(plain, pixels, ids)):
+        torch.testing.assert_close(got, want)
+    layer = cached.vision_model.encoder.layers[0].mlp.fc1
+    for net in (cached, plain):  # a fused optimizer updates in place without bumping the version counter
+        net.vision_model.encoder.layers[0].mlp.fc1.weight.grad = torch.ones_like(layer.weight)
+        torch.optim.SGD([net.vision_model.encoder.layers[0].mlp.fc1.weight], lr=0.5, fused=True).step()
+    for got, want in zip(_embeddings(cached, pixels, ids), _embeddings(plain, pixels, ids)):
+        torch.testing.assert_close(got, want)
+    restored = pickle.loads(pickle.dumps(cached))  # caches are not pickled; copies make their own
+    for got, want in zip(_embeddings(restored, pixels, ids), _embeddings(plain, pixels, ids)):
+        torch.testing.assert_close(got, want)
+
+
 def test_cpu_bf16_as_fp32_keeps_weights_and_keys(model):
     keys = set(model.state_dict())
     upcast = cpu_bf16_as_fp32(model.to(torch.bfloat16))

@@ -297,14 +297,60 @@ def _causal_mask(batch: int, length: int, dtype: torch.dtype, device: torch.devi
 # ~5% at batch 32. q, k and v are packed as one (3D, D) matrix, quick_gelu's 1.702 is folded into the MLP packs,
 # and the patch embedding is packed as the (D, C*p*p) matrix it is. Packs live in a side table keyed by module
 # (state_dict, deepcopy and pickling never see them) and are rebuilt when a weight changes through the parameter
-# (new storage, or any in-place update, which bumps its version counter). Writes through ``param.data`` bump no
-# counter and go unseen, and the packs cost one extra copy of the Linear weights: hence opt-in,
+# (new storage or a new parameter, an in-place update that bumps its version counter, or a change seen in a sample
+# of its values: fused optimizers update in place without bumping it). Writes through ``param.data`` to a few
+# elements can go unseen, and the packs cost one extra copy of the Linear weights: hence opt-in,
 # ``model.set_cpu_weight_packing(True)`` (the pipeline turns it on for the models it loads itself). Moving or
 # casting the model drops the packs.
 
-# module -> (weights key, its packs, or None after the first call with those weights)
-_PACKS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[tuple[int, int], ...], dict[str, _PackedLinear] | None]] = (
+
+@dataclass
+class WeightsSeen:
+    """What a cache derived from some parameters was made from, to tell whether it still holds: the parameter
+    objects, their storage and version counters, anything else folded in, and (once sampled) a few values of each,
+    since fused optimizers update in place without bumping the version counter."""
+
+    key: tuple[Any, ...]
+    params: list[weakref.ref]
+    probes: list[torch.Tensor] | None = None  # views of a few values of each parameter...
+    sample: torch.Tensor | None = None  # ...and those values when sampled
+
+    @classmethod
+    def of(cls, params: list[torch.Tensor], salt: Any = None) -> WeightsSeen:
+        """The current state of ``params`` (contiguous ones), without a value sample yet."""
+        return cls(weights_key(params, salt), [weakref.ref(p) for p in params])
+
+    def holds(self, params: list[torch.Tensor], salt: Any = None) -> bool:
+        """Same parameters, same storage and versions, same salt, and (once sampled) the same sampled values."""
+        if weights_key(params, salt) != self.key or any(ref() is not p for ref, p in zip(self.params, params)):
+            return False
+        return self.probes is None or torch.equal(torch.cat(self.probes), self.sample)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return WeightsSeen, ((), [])  # a copied or unpickled record matches nothing: the cache is made again
+
+    def take_sample(self, params: list[torch.Tensor]) -> None:
+        """Record a few values of each parameter. The probes keep the sampled storage alive, so new storage can
+        never reuse its address unnoticed."""
+        self.probes = [_probe(p) for p in params]
+        self.sample = torch.cat(self.probes)
+
+
+def weights_key(params: list[torch.Tensor], salt: Any = None) -> tuple[Any, ...]:
+    """Changes when a parameter gets new storage or an in-place update that bumps its version counter."""
+    return tuple((p.data_ptr(), p._version) for p in params), salt
+
+
+def _probe(param: torch.Tensor) -> torch.Tensor:
+    """A view of ``_PROBES`` values spread over a contiguous parameter: it sees in-place updates."""
+    flat = param.detach().view(-1)
+    return flat[:: max(1, flat.numel() // _PROBES)]
+
+
+# module -> (what its packs were made from, the packs or None until the second call with those weights)
+_PACKS: weakref.WeakKeyDictionary[nn.Module, tuple[WeightsSeen, dict[str, _PackedLinear] | None]] = (
     weakref.WeakKeyDictionary())
+_PROBES = 16  # values sampled per parameter: any optimizer step changes them all
 _PACK_HINT = 256  # MKL asks for a row-count hint when packing; 256 suits 50 (one image) to 3200 rows
 
 
@@ -363,20 +409,28 @@ class _PackedLinear:
 
 
 def _hooked(layer: nn.Module) -> bool:
-    """Whether calling ``layer`` does more than its forward (hooks, pruning, parametrized weights), so the fast
-    paths that use its weights directly must call it instead."""
-    return bool(layer._forward_hooks or layer._forward_pre_hooks or hasattr(layer, "parametrizations")
-                or _torch_module._global_forward_hooks or _torch_module._global_forward_pre_hooks)
+    """Whether calling ``layer`` does more than its forward (forward or backward hooks, pruning, parametrized
+    weights), so the fast paths that use its weights directly must call it instead."""
+    return bool(layer._forward_hooks or layer._forward_pre_hooks or layer._backward_hooks
+                or layer._backward_pre_hooks or hasattr(layer, "parametrizations")
+                or _torch_module._global_forward_hooks or _torch_module._global_forward_pre_hooks
+                or _torch_module._global_backward_hooks or _torch_module._global_backward_pre_hooks)
 
 
-def _weights_key(params: list[torch.Tensor]) -> tuple[tuple[int, int], ...]:
-    """Changes whenever a parameter gets new storage or is updated in place (optimizer step, load_state_dict)."""
-    return tuple((p.data_ptr(), p._version) for p in params)
+def _forward_ad_active() -> bool:
+    """Inside forward-mode AD (``torch.func.jvp``/``jacfwd``, ``forward_ad.dual_level``) or another functorch
+    transform: MKL's packed product has no forward-AD formula."""
+    from torch.autograd import forward_ad
+
+    return forward_ad._current_level >= 0 or torch._C._functorch.maybe_current_level() is not None
 
 
 def _cpu_packs(module: nn.Module, x: torch.Tensor, layers: list[nn.Module],
-               build: Callable[[], dict[str, _PackedLinear]]) -> dict[str, _PackedLinear] | None:
-    """The module's packs of ``layers`` if ``x`` is a CPU float32 inference input and packing is on, else None."""
+               build: Callable[[], dict[str, _PackedLinear]], salt: Any = None) -> dict[str, _PackedLinear] | None:
+    """The module's packs of ``layers`` if ``x`` is a CPU float32 inference input and packing is on, else None.
+
+    ``salt``: whatever else ``build`` folds into the packs (the MLP's activation); a different one rebuilds them.
+    """
     if not getattr(module, "cpu_weight_packing", False) or x.device.type != "cpu" or x.dtype != torch.float32:
         return None
     if any(type(m) not in (nn.Linear, nn.Conv2d) or m.weight.dtype != torch.float32 or _hooked(m) for m in layers):
@@ -384,22 +438,21 @@ def _cpu_packs(module: nn.Module, x: torch.Tensor, layers: list[nn.Module],
     params = [p for m in layers for p in (m.weight, m.bias) if p is not None]
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
         return None  # the packed product has no backward
-    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
-        return None  # exporters and compilers see the plain ops
-    if any(p.is_inference() for p in params):
-        return None  # weights made under inference_mode keep no version counter to tell an update by
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling() or _forward_ad_active():
+        return None  # exporters, compilers and function transforms see the plain ops
+    if any(p.is_inference() or not p.is_contiguous() for p in params):
+        return None  # inference tensors keep no version counter to tell an update by; probes need flat views
     if not (mkl_packing_available() and _fp32_matmuls_exact()):
         return None
-    key = _weights_key(params)
     entry = _PACKS.get(module)
-    if entry is None or entry[0] != key:
+    if entry is None or not entry[0].holds(params, salt):
         # packing costs about two plain calls, so a layer packs on its second call with the same weights: a
         # one-shot use (a CLI call, one batch) never pays for it
-        _PACKS[module] = (key, None)
+        _PACKS[module] = (WeightsSeen.of(params, salt), None)
         return None
     if entry[1] is None:
-        entry = (key, build())
-        _PACKS[module] = entry
+        entry[0].take_sample(params)
+        entry = _PACKS[module] = (entry[0], build())
     return entry[1]
 
 
@@ -499,7 +552,7 @@ class CLIPVisionEmbeddings(nn.Module):
                 "Resize the images to the model's size or pass interpolate_pos_encoding=True.")
         # casting here is what lets a bf16/fp16 model take the processor's float32 pixels
         pixel_values = pixel_values.to(dtype=self.patch_embedding.weight.dtype)
-        if type(self.patch_embedding) is nn.Conv2d and not _hooked(self.patch_embedding):
+        if _is_patch_conv(self.patch_embedding):
             # cuDNN runs this stride == kernel convolution (plus an NCHW->NHWC copy) at a fraction of the GEMM
             # rate: a quarter of a bf16 B/32 forward on an H100/H200; oneDNN's takes ~1.4x the matmul on CPU
             packs = _cpu_packs(self, pixel_values, [self.patch_embedding], self._pack)
@@ -517,6 +570,14 @@ class CLIPVisionEmbeddings(nn.Module):
         """The patch convolution's weight as a packed (D, C*p*p) matrix (CPU inference)."""
         weight = self.patch_embedding.weight
         return {"patch": _PackedLinear([weight.reshape(weight.shape[0], -1)], [None])}
+
+
+def _is_patch_conv(conv: nn.Module) -> bool:
+    """Whether ``conv`` is the plain patchify convolution (stride = kernel, no padding, dilation or groups, no
+    bias, not hooked) that :func:`patch_embedding_as_matmul` computes; anything else is called as it is."""
+    return (type(conv) is nn.Conv2d and conv.bias is None and tuple(conv.stride) == tuple(conv.kernel_size)
+            and tuple(conv.padding) == (0, 0) and tuple(conv.dilation) == (1, 1) and conv.groups == 1
+            and not _hooked(conv))
 
 
 def patch_embedding_as_matmul(pixel_values: torch.Tensor, weight: torch.Tensor,
@@ -627,7 +688,7 @@ class CLIPMLP(nn.Module):
         self.cpu_weight_packing = False  # opt-in: CLIPPreTrainedModel.set_cpu_weight_packing
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        packs = _cpu_packs(self, hidden_states, [self.fc1, self.fc2], self._pack)
+        packs = _cpu_packs(self, hidden_states, [self.fc1, self.fc2], self._pack, salt=self.activation_fn)
         if packs is not None:
             hidden = packs["fc1"](hidden_states)
             if self.activation_fn is quick_gelu:  # the packs hold 1.702 W1, 1.702 b1 and W2 / 1.702
@@ -653,6 +714,7 @@ class CLIPMLP(nn.Module):
         """fc1 and fc2 are still plain ``nn.Linear`` in ``x``'s dtype (not swapped by an opt-in of
         clipfast.optimize, not hooked)."""
         return (type(self.fc1) is nn.Linear and type(self.fc2) is nn.Linear and self.fc1.weight.dtype == x.dtype
+                and self.fc1.bias is not None and self.fc2.bias is not None
                 and not _hooked(self.fc1) and not _hooked(self.fc2))
 
     def _quick_gelu_mlp(self, x: torch.Tensor) -> torch.Tensor:
@@ -976,10 +1038,10 @@ class CLIPPreTrainedModel(nn.Module):
         one-shot call never pays for packing), and multiplies by the packs from then on: the same float32 math,
         ~1.3x faster at batch 1 for ViT-B/32 (~1.05x at batch 32). The packs cost one extra copy of the Linear
         weights of each tower that ran on CPU (~340 MB for the B/32 vision tower) and are rebuilt when a parameter
-        changes through autograd-visible operations (``load_state_dict``, optimizer steps,
-        ``with torch.no_grad(): w.copy_(...)``). Writes through
-        ``param.data`` are not seen: call this again after them (it drops the packs, so the next call repacks).
-        Off: the packs are freed.
+        changes: a new parameter or storage, ``load_state_dict``, in-place ops, optimizer steps (fused ones
+        included: a sample of each parameter's values is checked on every call). Writes through ``param.data`` to
+        a few elements can slip past the sample: call this again after them (it drops the packs, so the next call
+        repacks). Off: the packs are freed.
 
         Example:
             >>> model = CLIPModel.from_pretrained(path).eval().set_cpu_weight_packing()  # doctest: +SKIP

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clipfast.modeling import WeightsSeen
+
 __all__ = ["quantize_int8", "cpu_has_native_bf16", "cpu_bf16_as_fp32", "UpcastLinear", "cpu_bf16_matmuls", "compile"]
 
 
@@ -90,9 +92,10 @@ def cpu_has_native_bf16() -> bool:
 class UpcastLinear(nn.Module):
     """A Linear whose stored weight stays in its low-precision dtype but multiplies in float32.
 
-    With ``cache=True`` a float32 copy of the weight is kept beside it (faster, but three times the bf16 memory);
-    otherwise the weight is upcast on every call. The parameters keep the names ``weight`` and ``bias``, so
-    ``state_dict()`` is unchanged.
+    With ``cache=True`` a float32 copy of the weight is kept beside it (faster, but three times the bf16 memory),
+    made again when the weight changes (``load_state_dict``, an optimizer step, new storage); otherwise the weight
+    is upcast on every call. The parameters keep the names ``weight`` and ``bias``, so ``state_dict()`` is
+    unchanged.
     """
 
     def __init__(self, linear: nn.Linear, cache: bool = False) -> None:
@@ -100,12 +103,24 @@ class UpcastLinear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight = linear.weight
         self.bias = linear.bias
-        self.register_buffer("weight_fp32", linear.weight.detach().float() if cache else None, persistent=False)
+        self.cache = cache
+        self.register_buffer("weight_fp32", None, persistent=False)
+        self._seen: WeightsSeen | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.weight_fp32 if self.weight_fp32 is not None else self.weight.float()
         bias = self.bias.float() if self.bias is not None else None
-        return F.linear(x.float(), weight, bias)
+        return F.linear(x.float(), self._float_weight(), bias)
+
+    def _float_weight(self) -> torch.Tensor:
+        """The weight in float32: the cached copy while it still matches the weight (autograd always upcasts)."""
+        weight = self.weight
+        if not self.cache or (torch.is_grad_enabled() and weight.requires_grad) or not weight.is_contiguous():
+            return weight.float()
+        if self.weight_fp32 is None or self._seen is None or not self._seen.holds([weight]):
+            self._seen = WeightsSeen.of([weight])
+            self._seen.take_sample([weight])
+            self.weight_fp32 = weight.detach().float()
+        return self.weight_fp32
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, stored={self.weight.dtype}"
