@@ -168,6 +168,15 @@ def test_info(workdir, runs):
     assert str(workdir / "model") in facts["loaded from"] and "model.safetensors" in facts["files"]
 
 
+def test_info_takes_model_as_an_option_and_convert_takes_debug(workdir, capsys, tmp_path):
+    from clipfast.cli import main
+
+    assert main(["info", "--model", str(workdir / "model"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["architecture"] == "CLIPModel"
+    assert main(["convert", str(workdir / "model"), str(tmp_path / "out"), "--debug"]) == 0
+    assert (tmp_path / "out" / "model.safetensors").exists()
+
+
 def test_killed_embed_resumes_without_loss_or_duplicates(workdir, clip):
     out = workdir / "many.index"
     args = ["embed", "many", "--out", "many.index", "--model", "model", "--batch-size", "1"]
@@ -199,8 +208,13 @@ def test_errors_are_one_line(workdir):
                 ["embed", image, "--text", "a cat", "--out", "x.index"]]
     procs = [_start(workdir, *command) for command in commands] + [
         _start(workdir, "classify", image, "--labels", "cat", "dog", env=offline)]
+    commands += [["classify", image, "--labels", "cat", "--template", "a {} photo of {style}", "--model", "model"],
+                 ["classify", image, "--labels", "cat", "--template", "{} next to {}", "--model", "model"],
+                 ["classify", image, "--labels", "cat", "--top-k", "0", "--model", "model"]]
+    procs = procs[:-1] + [_start(workdir, *command) for command in commands[-3:]] + procs[-1:]
     expected = [(1, "does not exist"), (1, "No images found"), (2, "--labels"), (1, "not a clipfast index"),
-                (2, "not both"), (1, "offline")]
+                (2, "not both"), (2, "--template"), (2, "--template"), (2, "--top-k must be at least 1"),
+                (1, "offline")]
     for proc, (code, words) in zip(procs, expected):
         out, err = proc.communicate(timeout=120)
         lines = err.strip().splitlines()
@@ -237,6 +251,43 @@ def test_index_recovers_from_torn_writes(tmp_path):
     np.testing.assert_array_equal(index.vectors, vectors[[0, 1, 3]])
     with pytest.raises(ValueError, match="same --model"):
         IndexWriter(tmp_path, {"model": "other", "kind": "text", "dim": 4})
+    with IndexWriter(tmp_path, {"model": "m", "kind": "text", "dim": 4}) as writer:  # the refusal let go of the lock
+        assert writer.rows == 3
+
+
+def test_index_killed_before_its_first_header(tmp_path):
+    """embeddings.npy cut short before any row was committed: the next run starts over, readers see no rows."""
+    meta = {"model": "m", "kind": "text", "dim": 4}
+    IndexWriter(tmp_path, meta).close()
+    for size in (0, 57):
+        with open(tmp_path / VECTORS, "r+b") as handle:
+            handle.truncate(size)
+        assert open_index(tmp_path).ids == [] and open_index(tmp_path).search(np.ones(4), 3) == []
+        with IndexWriter(tmp_path, meta) as writer:
+            writer.append(["a"], np.eye(4, dtype=np.float32)[:1])
+        assert open_index(tmp_path).ids == ["a"]
+        (tmp_path / IDS).write_bytes(b"")
+
+
+def test_index_ids_that_utf8_cannot_encode(tmp_path):
+    """File names with undecodable bytes arrive as lone surrogates: stored escaped, read back the same."""
+    odd = os.fsdecode(b"caf\xe9.jpg")
+    with IndexWriter(tmp_path, {"model": "m", "kind": "image", "dim": 2}) as writer:
+        writer.append([odd, "plain é.jpg"], np.eye(2, dtype=np.float32))
+    assert open_index(tmp_path).ids == [odd, "plain é.jpg"]
+    with IndexWriter(tmp_path, {"model": "m", "kind": "image", "dim": 2}) as writer:
+        assert writer.done == {odd, "plain é.jpg"}
+
+
+def test_index_rejects_bad_k_and_foreign_meta(tmp_path):
+    with IndexWriter(tmp_path, {"model": "m", "kind": "text", "dim": 2}) as writer:
+        writer.append(["a", "b"], np.eye(2, dtype=np.float32))
+    for k in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="k must be a positive integer"):
+            open_index(tmp_path).search(np.ones(2), k)
+    (tmp_path / "meta.json").write_text('{"dim": 2}')
+    with pytest.raises(ValueError, match="lacks"):
+        open_index(tmp_path)
 
 
 def test_top_k_is_exact_across_blocks():
@@ -244,6 +295,7 @@ def test_top_k_is_exact_across_blocks():
     vectors, query = rng.standard_normal((1000, 8)).astype(np.float32), rng.standard_normal(8).astype(np.float32)
     expected = np.argsort(-(vectors @ query))[:7]
     assert [row for row, _ in top_k(vectors, query, 7, block=64)] == expected.tolist()
+    assert [row for row, _ in top_k(vectors, query, np.int64(2))] == expected[:2].tolist()
     assert len(top_k(vectors[:3], query, 10)) == 3
 
 

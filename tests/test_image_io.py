@@ -32,7 +32,28 @@ def server(photo_bytes):
         handler.end_headers()
         handler.wfile.write(b"\xff" * 200_000)
 
+    def bad_status(handler):
+        handler.wfile.write(b"NOT-HTTP garbage\r\n\r\n")
+
+    def trickle(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Type", "image/gif")
+        handler.send_header("Content-Length", "60")
+        handler.end_headers()
+        for _ in range(60):
+            if stop.wait(0.1):
+                return
+            handler.wfile.write(b"G")
+            handler.wfile.flush()
+
+    def to_ftp(handler):
+        handler.send_response(302)
+        handler.send_header("Location", "ftp://127.0.0.1/cat.jpg")
+        handler.end_headers()
+
     routes = {"/cat.jpg": (200, "image/jpeg", photo_bytes),
+              "/a%20cat.jpg": (200, "image/jpeg", photo_bytes),
+              "/bad-status": bad_status, "/trickle": trickle, "/to-ftp": to_ftp,
               "/text": (200, "text/html", b"<html>not an image</html>"),
               "/garbage": (200, "application/octet-stream", b"\x00" * 500),
               "/big": (200, "image/jpeg", b"\xff" * 200_000),
@@ -67,6 +88,23 @@ def test_url_timeout_is_quick(server):
     with pytest.raises(ImageLoadError, match="timed out"):
         load_image(f"{server}/hang", timeout=0.3)
     assert time.monotonic() - start < 4
+
+
+def test_url_failures_of_every_kind_are_image_load_errors(server):
+    """Broken servers and malformed URLs: one ImageLoadError each, never a raw http.client or ValueError."""
+    assert load_image(f"{server}/a cat.jpg").size == (120, 80)  # spaces are percent-encoded, as requests does
+    for url, message in ((f"{server}/bad-status", "BadStatusLine|failed"), ("http://[::1/a.jpg", "not a valid URL"),
+                         (f"{server.replace('127.0.0.1:', '127.0.0.1:x')}/cat.jpg", "not a valid URL|failed"),
+                         (f"{server}/to-ftp", "non-http")):
+        with pytest.raises(ImageLoadError, match=message):
+            load_image(url, timeout=2)
+
+
+def test_trickling_server_is_cut_at_twice_the_timeout(server):
+    start = time.monotonic()
+    with pytest.raises(ImageLoadError, match="took longer than 1 s"):
+        load_image(f"{server}/trickle", timeout=0.5)
+    assert time.monotonic() - start < 3
 
 
 def test_unreachable_host():
@@ -114,6 +152,28 @@ def test_file_errors_name_the_file(tmp_path):
     with pytest.raises(ImageLoadError, match="base64"):
         load_image("data:image/png;base64,!!!notbase64!!!")
     assert issubclass(ImageLoadError, ValueError)
+    with pytest.raises(ImageLoadError, match="No such image file"):
+        load_image("/no/such/folder/and/a/long/name/without/any/dots/in/it/at/all/abcdefghijklmnopqrstuvw")
+
+
+def test_short_base64_images_load():
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (1, 1), (10, 20, 30)).save(buffer, format="GIF")
+    text = base64.b64encode(buffer.getvalue()).decode()
+    assert len(text) < 64 and load_image(text).getpixel((0, 0)) == (10, 20, 30)
+    assert load_image(text.rstrip("=")).size == (1, 1)  # padding is optional
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA"])
+def test_truncated_pil_image_is_an_image_load_error(tmp_path, mode):
+    """A lazily opened PIL image of a truncated file fails at load time, with the usual error."""
+    path = tmp_path / ("cut.png" if mode == "RGBA" else "cut.jpg")
+    image_fixtures.sample("coffee").convert(mode).save(path)
+    path.write_bytes(path.read_bytes()[:3000])
+    with pytest.raises(ImageLoadError, match="truncated"):
+        load_image(Image.open(path))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -133,6 +133,9 @@ def test_pipeline_bad_inputs(hub_folder, server):
         clip(f"{server}/cat.jpg", candidate_labels=[])
     with pytest.raises(InputError, match="required"):
         clip(f"{server}/cat.jpg")
+    for template in ("a {} photo of {style}", "{} next to {}"):
+        with pytest.raises(InputError, match="hypothesis_template"):
+            clip(f"{server}/cat.jpg", candidate_labels=["a"], hypothesis_template=template)
 
 
 def test_bare_string_labels_are_split_on_commas(hub_folder, server):

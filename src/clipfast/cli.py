@@ -33,7 +33,7 @@ DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 MODEL_ENV = "CLIPFAST_MODEL"
 DEBUG_ENV = "CLIPFAST_DEBUG"
 DEFAULT_TEMPLATE = "This is a photo of {}."
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".jfif"}
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".jfif", ".ico"}
 DTYPES = ("float32", "float16", "bfloat16", "auto")
 _CLASSIFY_CHUNK = 256  # images decoded and held in memory at once by classify
 
@@ -178,8 +178,11 @@ def cmd_classify(args: argparse.Namespace) -> int:
     labels = [label.strip() for label in args.labels[0].split(",")] if len(args.labels) == 1 else args.labels
     if not all(labels):
         args.parser.error("--labels needs non-empty labels, e.g. --labels cat dog car")
-    if "{}" not in args.template:
-        args.parser.error(f"--template must contain {{}} where the label goes, e.g. {DEFAULT_TEMPLATE!r}")
+    if "{}" not in args.template or not _fills_one_slot(args.template):
+        args.parser.error(f"--template must contain {{}} where the label goes, once and with no other {{...}} "
+                          f"fields (write {{{{ and }}}} for literal braces), e.g. {DEFAULT_TEMPLATE!r}")
+    if args.top_k < 1:
+        args.parser.error(f"--top-k must be at least 1, got {args.top_k}")
     sources, skipped = _gather_images(args.images)
     total = len(sources) + skipped
     clip = _load_pipeline(_model_name(args), args)
@@ -196,6 +199,15 @@ def cmd_classify(args: argparse.Namespace) -> int:
         for (source, _), ranked in zip(loaded, results):
             _print_ranked(source, ranked, width, args.json)
     return _report_skipped(skipped, total)
+
+
+def _fills_one_slot(template: str) -> bool:
+    """Whether ``template.format(label)`` works: one positional field, no named or numbered ones."""
+    try:
+        template.format("label")
+    except (KeyError, IndexError, ValueError):
+        return False
+    return True
 
 
 def _print_ranked(source: str, ranked: list[dict], width: int, as_json: bool) -> None:
@@ -370,7 +382,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     """
     import clipfast
 
-    source = args.model or os.environ.get(MODEL_ENV) or DEFAULT_MODEL
+    if args.model and args.model_option and args.model != args.model_option:
+        args.parser.error(f"two models given: {args.model!r} and --model {args.model_option!r}")
+    source = args.model or args.model_option or os.environ.get(MODEL_ENV) or DEFAULT_MODEL
     model = clipfast.AutoModel.from_pretrained(source, torch_dtype="auto")
     where, files = _model_files(source)
     facts = {"model": source, "loaded from": where, **_architecture(model),
@@ -435,6 +449,7 @@ def _size(size: int) -> str:
 def add_info_parser(subparsers: Any) -> None:
     parser = _subparser(subparsers, "info", cmd_info)
     parser.add_argument("model", nargs="?", default=None, metavar="MODEL", help="hub id, folder or checkpoint file")
+    parser.add_argument("--model", dest="model_option", default=None, metavar="MODEL", help="the same, as an option")
     parser.add_argument("--json", action="store_true", help="print the facts as JSON")
 
 
@@ -458,8 +473,6 @@ def _format_warning(message: Any, category: type, filename: str, lineno: int, li
 
 # ---------------------------------------------------------------------------------------------------------------
 # convert
-
-
 
 
 def convert_command(args: argparse.Namespace) -> int:
@@ -491,7 +504,8 @@ def _add_convert(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--open-clip-config", metavar="JSON", help="open_clip model config of a weights file")
     parser.add_argument("--revision", help="hub revision (branch, tag or commit) of SOURCE")
     parser.add_argument("--force", action="store_true", help="overwrite DESTINATION if it exists")
-    parser.set_defaults(func=convert_command)
+    parser.set_defaults(func=convert_command, parser=parser)
+    _add_debug(parser)
 
 
 # further commands register themselves here: one _add_* function each

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
+import http.client
 import io
 import os
 import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from collections import deque
@@ -71,11 +74,13 @@ def load_image(
         return _open_file(image)
     if image.startswith("data:"):
         return _decode(_b64decode(image.partition(",")[2], "the data URI"), "the data URI")
-    if _looks_like_base64(image):
-        return _decode(_b64decode(image, "the base64 string"), "the base64 string")
     if os.path.isdir(image):
         raise ImageLoadError(f"{image!r} is a folder, not an image file.")
-    raise ImageLoadError(f"No such image file: {image!r} (and it is not an http(s) URL, data URI or base64 string).")
+    data = _base64_image(image)
+    if data is not None:
+        return _decode(data, "the base64 string")
+    raise ImageLoadError(f"No such image file: {image!r} (and it is not an http(s) URL, data URI or base64 string "
+                         "of an image).")
 
 
 def load_images(
@@ -202,11 +207,16 @@ def fetch_url(url: str, timeout: float | None = DEFAULT_TIMEOUT, max_bytes: int 
     Example:
         >>> data = fetch_url("https://example.com/cat.jpg", timeout=5)     # doctest: +SKIP
     """
-    request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT, "Accept": "image/*,*/*;q=0.8"})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        # spaces and other unsafe characters are percent-encoded (as requests does); "%" stays, so an already
+        # encoded URL is unchanged
+        request = urllib.request.Request(urllib.parse.quote(url, safe=_URL_SAFE),
+                                         headers={"User-Agent": _USER_AGENT, "Accept": "image/*,*/*;q=0.8"})
+        with _opener().open(request, timeout=timeout) as response:
             _check_headers(url, response, max_bytes)
             return _read_capped(url, response, max_bytes, 2 * timeout if timeout else None)
+    except ImageLoadError:  # our own checks (size cap, deadline, content type): already say what went wrong
+        raise
     except urllib.error.HTTPError as err:
         raise ImageLoadError(f"Downloading {url} failed: HTTP {err.code} {err.reason}.") from None
     except urllib.error.URLError as err:
@@ -215,8 +225,29 @@ def fetch_url(url: str, timeout: float | None = DEFAULT_TIMEOUT, max_bytes: int 
         raise ImageLoadError(f"Cannot reach {url}: {err.reason}.") from None
     except (socket.timeout, TimeoutError):
         raise ImageLoadError(f"Downloading {url} timed out after {timeout} s.") from None
-    except OSError as err:  # connection reset, bad status line, ...
-        raise ImageLoadError(f"Downloading {url} failed: {err}.") from None
+    except (OSError, http.client.HTTPException) as err:  # reset connection, bad status line, broken chunks, ...
+        raise ImageLoadError(f"Downloading {url} failed: {type(err).__name__}: {err}.") from None
+    except ValueError as err:  # a malformed URL ("http://[::1", a bad port)
+        raise ImageLoadError(f"{url!r} is not a valid URL: {err}.") from None
+
+
+_URL_SAFE = ":/?#[]@!$&'()*+,;=%~"
+
+
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow redirects to http(s) only (urllib would also follow one to ftp://)."""
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
+        if not newurl.lower().startswith(("http://", "https://")):
+            raise urllib.error.HTTPError(newurl, code, f"redirect to a non-http(s) URL {newurl!r} refused",
+                                         headers, fp)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+@functools.cache
+def _opener() -> urllib.request.OpenerDirector:
+    """urllib's default opener, with redirects limited to http(s)."""
+    return urllib.request.build_opener(_HttpOnlyRedirects)
 
 
 def _check_headers(url: str, response: Any, max_bytes: int) -> None:
@@ -235,7 +266,10 @@ def _read_capped(url: str, response: Any, max_bytes: int, limit: float | None) -
     and one that trickles bytes cannot hold us for longer than ``limit`` seconds."""
     deadline = time.monotonic() + limit if limit else None
     chunks, total = [], 0
-    while chunk := response.read(_CHUNK):
+    # read1 returns what one socket read brings (read() would wait for a full chunk), so the deadline is checked
+    # between the bytes of a server that trickles them
+    read = getattr(response, "read1", response.read)
+    while chunk := read(_CHUNK):
         total += len(chunk)
         if total > max_bytes:
             raise ImageLoadError(f"{url} is larger than the limit of {max_bytes} bytes "
@@ -255,12 +289,21 @@ def _b64decode(text: str, what: str) -> bytes:
         raise ImageLoadError(f"Cannot decode {what} as base64: {err}.") from None
 
 
-def _looks_like_base64(text: str) -> bool:
-    """A long string of base64 characters only (paths have dots or separators; short strings are names)."""
+def _base64_image(text: str) -> bytes | None:
+    """The bytes of ``text`` read as base64 when they are an image file Pillow recognises (only its header is
+    read), else None: a missing path or a name is not base64 of an image, however it is spelled."""
+    from PIL import Image, UnidentifiedImageError
+
     body = "".join(text.split())
-    if len(body) < 64:
-        return False
-    return all(c.isalnum() or c in "+/=-_" for c in body)
+    if len(body) < 8 or not all(c.isalnum() or c in "+/=-_" for c in body):
+        return None
+    try:
+        data = base64.b64decode(body + "=" * (-len(body) % 4), altchars=b"-_" if "-" in body or "_" in body
+                                else None, validate=True)
+        Image.open(io.BytesIO(data))
+    except (binascii.Error, ValueError, UnidentifiedImageError, OSError):
+        return None
+    return data
 
 
 def _open_file(path: str) -> "PIL.Image.Image":
@@ -301,6 +344,11 @@ def _orient_rgb(image: "PIL.Image.Image", what: str, owned: bool = False) -> "PI
 
     if image.width == 0 or image.height == 0:
         raise ImageLoadError(f"{what} is empty ({image.width}x{image.height} pixels).")
+    if not owned:
+        try:
+            image.load()  # a lazily opened image: a truncated or corrupt file shows up here, not later
+        except (OSError, SyntaxError, ValueError) as err:
+            raise ImageLoadError(f"{what} is a corrupt or truncated image: {err}.") from None
     try:
         if not owned or _orientation(image) not in (None, 1):
             image = ImageOps.exif_transpose(image)

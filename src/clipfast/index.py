@@ -70,9 +70,14 @@ def read_meta(folder: str | os.PathLike) -> dict[str, Any]:
         raise InputError(f"{os.fspath(folder)!r} is not a clipfast index (no {META}); create one with "
                          "`clipfast embed ... --out FOLDER`.")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise InputError(f"Cannot read {str(path)!r}: {exc}.") from None
+    missing = [key for key in ("model", "kind", "dim") if not isinstance(meta, dict) or key not in meta]
+    if missing:
+        raise InputError(f"{str(path)!r} is not a clipfast index's meta.json (it lacks {missing}); it is written by "
+                         "`clipfast embed`.")
+    return meta
 
 
 def _complete_ids(path: Path) -> tuple[list[str], int]:
@@ -104,10 +109,14 @@ class IndexWriter:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self._lock = _lock(self.folder / LOCK)
-        self.meta = self._check_meta(meta)
-        self.dim = int(self.meta["dim"])
-        ids, id_bytes = _complete_ids(self.folder / IDS)
-        self._vectors, self._ids = self._recover(ids, id_bytes)
+        try:
+            self.meta = self._check_meta(meta)
+            self.dim = int(self.meta["dim"])
+            ids, id_bytes = _complete_ids(self.folder / IDS)
+            self._vectors, self._ids = self._recover(ids, id_bytes)
+        except BaseException:
+            self._lock.close()  # a refused or damaged index must not stay locked
+            raise
         self.rows = len(ids)
         self.done = set(ids)
 
@@ -130,21 +139,25 @@ class IndexWriter:
         """Open both files for appending, cutting them back to the last complete row."""
         row_bytes = self.dim * _ROW_BYTES_DTYPE.itemsize
         vectors_path, ids_path = self.folder / VECTORS, self.folder / IDS
+        if not ids and (not vectors_path.exists() or vectors_path.stat().st_size < _HEADER_SIZE):
+            _write_atomic(vectors_path, _npy_header(0, self.dim))  # new, or killed before its first header
         if not vectors_path.exists():
-            if ids:
-                raise InputError(f"{str(vectors_path)!r} is missing but {str(ids_path)!r} lists {len(ids)} rows; "
-                                 "the index is damaged. Remove the folder and run embed again.")
-            vectors_path.write_bytes(_npy_header(0, self.dim))
-        stored = (vectors_path.stat().st_size - _HEADER_SIZE) // row_bytes
+            raise InputError(f"{str(vectors_path)!r} is missing but {str(ids_path)!r} lists {len(ids)} rows; "
+                             "the index is damaged. Remove the folder and run embed again.")
+        stored = max(0, vectors_path.stat().st_size - _HEADER_SIZE) // row_bytes
         if stored < len(ids):
             raise InputError(f"{str(vectors_path)!r} holds {stored} rows but {str(ids_path)!r} lists {len(ids)}; "
                              "the index is damaged. Remove the folder and run embed again.")
         vectors = open(vectors_path, "r+b")
-        vectors.truncate(_HEADER_SIZE + len(ids) * row_bytes)  # vectors written after the last committed id
-        vectors.seek(0)
-        vectors.write(_npy_header(len(ids), self.dim))
-        _fsync(vectors)
-        id_file = open(ids_path, "ab")
+        try:
+            vectors.truncate(_HEADER_SIZE + len(ids) * row_bytes)  # vectors written after the last committed id
+            vectors.seek(0)
+            vectors.write(_npy_header(len(ids), self.dim))
+            _fsync(vectors)
+            id_file = open(ids_path, "ab")
+        except BaseException:
+            vectors.close()
+            raise
         id_file.truncate(id_bytes)  # a torn last line
         return vectors, id_file
 
@@ -159,7 +172,7 @@ class IndexWriter:
         self._vectors.seek(0)
         self._vectors.write(_npy_header(self.rows + len(ids), self.dim))
         _fsync(self._vectors)
-        self._ids.write("".join(json.dumps({"id": i}, ensure_ascii=False) + "\n" for i in ids).encode("utf-8"))
+        self._ids.write("".join(_id_line(i) for i in ids).encode("utf-8"))
         _fsync(self._ids)
         self.rows += len(ids)
         self.done.update(ids)
@@ -173,6 +186,17 @@ class IndexWriter:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _id_line(item_id: str) -> str:
+    """One ids.jsonl line. An id that UTF-8 cannot encode (a file name with undecodable bytes, which Python holds
+    as lone surrogates) is written with JSON escapes, which read back to the same string."""
+    line = json.dumps({"id": item_id}, ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        line = json.dumps({"id": item_id}, ensure_ascii=True)
+    return line + "\n"
 
 
 def _lock(path: Path) -> Any:
@@ -207,7 +231,14 @@ def open_index(folder: str | os.PathLike) -> Index:
     """Open what ``clipfast embed`` wrote; rows not yet committed by an id line (a run in progress) are left out."""
     meta = read_meta(folder)
     ids, _ = _complete_ids(Path(folder) / IDS)
-    vectors = np.load(Path(folder) / VECTORS, mmap_mode="r")
+    path = Path(folder) / VECTORS
+    if not ids and (not path.exists() or path.stat().st_size < _HEADER_SIZE):
+        return Index(ids, np.zeros((0, int(meta.get("dim", 0))), dtype=np.float32), meta)  # nothing stored yet
+    try:
+        vectors = np.load(path, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as exc:
+        raise InputError(f"{os.fspath(folder)!r} is damaged: cannot read {VECTORS} ({exc}). Run embed again to "
+                         "resume, or remove the folder.") from None
     if vectors.ndim != 2 or vectors.shape[0] < len(ids):
         raise InputError(f"{os.fspath(folder)!r} is damaged: {len(ids)} ids but vectors of shape {vectors.shape}.")
     return Index(ids, vectors[:len(ids)], meta)
@@ -220,6 +251,8 @@ def top_k(vectors: np.ndarray, query: np.ndarray, k: int, block: int = 1 << 16) 
         >>> top_k(np.eye(3, dtype=np.float32), np.array([0, 1, 0], dtype=np.float32), 2)
         [(1, 1.0), (0, 0.0)]
     """
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise InputError(f"k must be a positive integer, got {k!r}.")
     query = np.asarray(query, dtype=np.float32).reshape(-1)
     best_rows = np.empty(0, dtype=np.int64)
     best_scores = np.empty(0, dtype=np.float32)

@@ -115,7 +115,11 @@ class ZeroShotImageClassificationPipeline:
         ``text_embeds`` from :meth:`text_embeddings`, by callers that classify in several calls)."""
         from clipfast.image_io import DEFAULT_TIMEOUT, load_images
 
-        prompts = [hypothesis_template.format(label) for label in labels]
+        try:
+            prompts = [hypothesis_template.format(label) for label in labels]
+        except (KeyError, IndexError, ValueError) as exc:
+            raise InputError(f"hypothesis_template={hypothesis_template!r} cannot take a label ({exc!r}): it needs "
+                             "one {} where the label goes and no other {...} fields (write {{ }} for braces).") from None
         # equal prompts share one logit column: they get bit-equal scores and tie in candidate order
         unique = list(dict.fromkeys(prompts))
         column = {prompt: i for i, prompt in enumerate(unique)}
