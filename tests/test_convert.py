@@ -81,6 +81,32 @@ def test_openai_fp16_fp32_mix_is_upcast(openai_model, tmp_path):
     assert_same(clipfast_outputs(model, pixels, ids), reference(mixed.float(), pixels, ids))
 
 
+def test_auto_dtype_loads_foreign_checkpoints_as_stored(openai_model, gelu_model, tmp_path):
+    """torch_dtype="auto": the dtype holding most of the values (OpenAI's fp16 with a few fp32 tensors: fp16)."""
+    mixed = build(OPENAI_LIKE)
+    open_clip.model.convert_weights_to_lp(mixed, dtype=torch.float16)
+    save_torchscript(mixed, tmp_path / "mixed.pt")
+    torch.save({k: v.half() for k, v in gelu_model.state_dict().items()}, tmp_path / "half.pt")
+    (tmp_path / "half.json").write_text(json.dumps(OPEN_CLIP_GELU))
+    for path in (tmp_path / "mixed.pt", tmp_path / "half.pt"):
+        assert clipfast.CLIPModel.from_pretrained(path, torch_dtype="auto").dtype == torch.float16
+        assert clipfast.CLIPModel.from_pretrained(path).dtype == torch.float32
+    torch.save(openai_model.state_dict(), tmp_path / "full.pt")
+    assert clipfast.CLIPModel.from_pretrained(tmp_path / "full.pt", torch_dtype="auto").dtype == torch.float32
+
+
+def test_corrupt_torchscript_pickles_are_checkpoint_errors(openai_model, tmp_path, monkeypatch):
+    """Whatever a fuzzed data.pkl makes the reader raise (even MemoryError) is one CheckpointError."""
+    path = save_torchscript(openai_model, tmp_path / "a.pt")
+    for error in (MemoryError(), RecursionError("deep"), OverflowError("big")):
+        def explode(self, error=error):
+            raise error
+
+        monkeypatch.setattr(cv._TorchScriptUnpickler, "load", explode)
+        with pytest.raises(CheckpointError, match="could not be read as a TorchScript archive"):
+            cv.read_torchscript(str(path))
+
+
 def test_torchscript_reader_drops_non_weights(openai_model, tmp_path):
     state = cv.read_torchscript(str(save_torchscript(openai_model, tmp_path / "a.pt")))
     assert "attn_mask" in state and "visual.conv1.weight" in state
@@ -243,6 +269,20 @@ def test_round_trip_to_open_clip_loads_in_open_clip(gelu_model, tmp_path):
     preprocess = written["preprocess_cfg"]
     assert preprocess["resize_mode"] == "squash" and preprocess["mean"] == IMAGENET["mean"]
     assert not written["model_cfg"]["quick_gelu"]
+
+
+def test_hf_folder_without_processor_to_open_clip_uses_the_image_size(tmp_path):
+    """A folder from model.save_pretrained alone: the open_clip preprocess size is the model's image size."""
+    config = clipfast.CLIPConfig(text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=37,
+                                                  num_hidden_layers=1, num_attention_heads=2),
+                                 vision_config=dict(image_size=48, patch_size=8, hidden_size=32, intermediate_size=37,
+                                                    num_hidden_layers=1, num_attention_heads=2), projection_dim=16)
+    clipfast.CLIPModel(config).save_pretrained(tmp_path / "hf")
+    assert main(["convert", str(tmp_path / "hf"), str(tmp_path / "oc"), "--to", "open_clip"]) == 0
+    written = json.loads((tmp_path / "oc" / "open_clip_config.json").read_text())
+    assert written["preprocess_cfg"]["size"] == 48 and written["model_cfg"]["vision_cfg"]["image_size"] == 48
+    model, _, processor = clipfast.load(tmp_path / "oc")
+    assert processor.crop_size == {"height": 48, "width": 48}
 
 
 def test_mlp_ratio_survives_open_clip_truncation():

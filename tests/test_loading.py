@@ -77,6 +77,33 @@ def test_2021_hub_config_with_legacy_keys(tmp_path):
 def test_legacy_config_dict_values_win():
     config = clipfast.CLIPConfig(text_config={"hidden_size": 64}, text_config_dict={"hidden_size": 768})
     assert config.text_config.hidden_size == 768
+    # a partial legacy dict is a full config with defaults, which win everywhere (SD 1.x safety checker files)
+    for legacy in ({"hidden_size": 768}, {}):
+        data = dict(text_config={"eos_token_id": 2, "bos_token_id": 0, "hidden_size": 64}, text_config_dict=legacy,
+                    vision_config_dict={"patch_size": 14})
+        ours, ref = clipfast.CLIPConfig(**data), transformers.CLIPConfig(**data)
+        for part in ("text_config", "vision_config"):
+            for key in ("eos_token_id", "bos_token_id", "hidden_size", "patch_size", "image_size"):
+                assert getattr(getattr(ours, part), key, None) == getattr(getattr(ref, part), key, None), (part, key)
+
+
+def test_base_config_fields_and_methods_of_the_reference(tmp_path):
+    """Generic fields code written against transformers reads (custom forwards use config.use_return_dict)."""
+    ours, ref = clipfast.CLIPConfig(), transformers.CLIPConfig()
+    for name in ("use_return_dict", "is_encoder_decoder", "tie_word_embeddings", "chunk_size_feed_forward",
+                 "pruned_heads", "is_decoder", "add_cross_attention", "torchscript", "name_or_path"):
+        for a, b in ((ours, ref), (ours.text_config, ref.text_config), (ours.vision_config, ref.vision_config)):
+            assert getattr(a, name) == getattr(b, name), name
+    assert ours.get_text_config() is ours.text_config and ours.vision_config.get_text_config() is ours.vision_config
+    ours.update_from_string("projection_dim=256,output_hidden_states=true,logit_scale_init_value=1.5")
+    assert (ours.projection_dim, ours.output_hidden_states, ours.logit_scale_init_value) == (256, True, 1.5)
+    with pytest.raises(ValueError, match="existing field"):
+        ours.update_from_string("no_such_field=1")
+    assert "torchscript" not in ours.to_dict()  # defaults are not written to config.json
+    labelled = clipfast.CLIPConfig(id2label={0: "cat", 1: "dog", 2: "car"}, num_labels=2)
+    assert labelled.id2label == {0: "cat", 1: "dog", 2: "car"} and labelled.num_labels == 3  # as the reference
+    ours.save_pretrained(tmp_path)
+    assert clipfast.AutoConfig.from_pretrained(tmp_path / "config.json").projection_dim == 256
 
 
 def test_v5_config_dtype_key_and_from_text_vision_configs():
@@ -137,6 +164,16 @@ def test_variant_and_subfolder(ref_folder, tmp_path):
     model = clipfast.CLIPTextModel.from_pretrained(tmp_path / "repo", subfolder="text_encoder", variant="fp16",
                                                    torch_dtype="auto")
     assert model.dtype == torch.float16
+
+
+def test_sharded_variant(tmp_path, text_inputs, pixel_values):
+    """transformers names a sharded variant's index model.safetensors.index.fp16.json."""
+    ref = transformers.CLIPModel(transformers.CLIPConfig(**tiny_config_dict())).half()
+    ref.save_pretrained(tmp_path, variant="fp16", max_shard_size="20KB")
+    assert (tmp_path / "model.safetensors.index.fp16.json").exists()
+    model = clipfast.CLIPModel.from_pretrained(tmp_path, variant="fp16", torch_dtype="auto")
+    assert model.dtype == torch.float16
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in ref.state_dict().items())
 
 
 def test_dtype_options(ref_folder):
@@ -357,6 +394,14 @@ def test_hub_download_cache_and_offline(ref_folder, tmp_path):
     missing = _run('import clipfast; clipfast.CLIPModel.from_pretrained("tiny-org/other")',
                    {"HF_HOME": str(cache), "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://hub.invalid"})
     assert "Cannot reach the Hugging Face Hub" in missing.stderr
+    # only the config of a repo cached (AutoConfig ran online), then the model offline: say the weights are missing
+    with FakeHub({"tiny-org/partial": ref_folder}) as url:
+        config_only = _run('import clipfast; clipfast.AutoConfig.from_pretrained("tiny-org/partial")',
+                           {"HF_ENDPOINT": url, "HF_HOME": str(cache), "HF_HUB_OFFLINE": "0"})
+        assert config_only.returncode == 0, config_only.stderr
+    partial = _run('import clipfast; clipfast.CLIPModel.from_pretrained("tiny-org/partial")',
+                   {"HF_HOME": str(cache), "HF_HUB_OFFLINE": "1"})
+    assert "OfflineError" in partial.stderr and "not in the local cache" in partial.stderr
     assert time.time() - start < 20  # huggingface_hub's own retries alone would take ~25 s per file
 
 

@@ -32,8 +32,10 @@ def _model_classes(table: dict[str, str]) -> dict[str, type]:
 
 
 def _config_dict(name: str | os.PathLike, hub: dict[str, Any]) -> dict[str, Any]:
-    path = resolve_file(name, "config.json", **hub)
-    return read_json(path)  # type: ignore[arg-type]
+    """config.json of a folder or hub id, or the given .json file itself."""
+    from clipfast.configuration import PretrainedConfig
+
+    return PretrainedConfig.get_config_dict(name, **hub)
 
 
 def _unsupported(name: str | os.PathLike, model_type: Any) -> CheckpointError:

@@ -14,11 +14,25 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 from typing import Any, ClassVar
 
 from clipfast.errors import CheckpointError
 from clipfast.hub import CONFIG_NAME, read_json, resolve_file
+
+logger = logging.getLogger(__name__)
+
+# generic fields of transformers' base config that CLIP never uses but code written against it reads; they are
+# defaults (not stored, so config.json stays as it was) until set
+_BASE_DEFAULTS: dict[str, Any] = {
+    "is_encoder_decoder": False, "is_decoder": False, "add_cross_attention": False, "tie_word_embeddings": True,
+    "chunk_size_feed_forward": 0, "pruned_heads": dict, "torchscript": False, "use_bfloat16": False,
+    "tf_legacy_loss": False, "finetuning_task": None, "tokenizer_class": None, "prefix": None,
+    "task_specific_params": None, "cross_attention_hidden_size": None, "attribute_map": dict,
+    "has_no_defaults_at_init": False, "_commit_hash": None, "pad_token_id": None, "bos_token_id": None,
+    "eos_token_id": None, "sep_token_id": None, "decoder_start_token_id": None,
+}
 
 # keys of old config.json files that only made sense for text generation or for the writing library
 _DROPPED_ON_LOAD = ("transformers_version", "model_type")
@@ -87,6 +101,53 @@ class PretrainedConfig:
         for key, value in kwargs.items():  # unknown keys are kept, as transformers does
             setattr(self, key, value)
 
+    def __getattr__(self, name: str) -> Any:
+        """transformers' generic base-config fields that CLIP does not use, at their defaults."""
+        if name in _BASE_DEFAULTS:
+            default = _BASE_DEFAULTS[name]
+            return default() if callable(default) else default
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @property
+    def use_return_dict(self) -> bool:
+        """Whether forward returns output objects (``return_dict`` unless ``torchscript``), as in transformers."""
+        return bool(self.return_dict) and not self.torchscript
+
+    @property
+    def name_or_path(self) -> str:
+        """Where the config was loaded from (a folder or hub id), or ""."""
+        return self._name_or_path
+
+    @name_or_path.setter
+    def name_or_path(self, value: Any) -> None:
+        self._name_or_path = str(value)
+
+    def get_text_config(self, decoder: bool | None = None, encoder: bool | None = None) -> PretrainedConfig:
+        """The text part: ``text_config`` of a CLIPConfig, the config itself otherwise (transformers API)."""
+        return getattr(self, "text_config", None) or self
+
+    def update_from_string(self, update_str: str) -> None:
+        """Update existing fields from ``"name=value,name2=value2"``, each value parsed as its field's type."""
+        for pair in filter(None, update_str.split(",")):
+            key, sep, text = pair.partition("=")
+            if not sep or not hasattr(self, key):
+                raise ValueError(f"update_from_string: {pair!r} is not name=value for an existing field of "
+                                 f"{type(self).__name__}.")
+            current = getattr(self, key)
+            if isinstance(current, bool):
+                if text.lower() not in ("true", "1", "y", "yes", "false", "0", "n", "no"):
+                    raise ValueError(f"update_from_string: {key} needs a boolean, got {text!r}.")
+                value: Any = text.lower() in ("true", "1", "y", "yes")
+            elif isinstance(current, int):
+                value = int(text)
+            elif isinstance(current, float):
+                value = float(text)
+            elif isinstance(current, str) or current is None:
+                value = text
+            else:
+                raise ValueError(f"update_from_string: cannot parse {key} of type {type(current).__name__}.")
+            setattr(self, key, value)
+
     # -- labels -------------------------------------------------------------------------------------------------
 
     def _set_labels(self, id2label: dict | None, label2id: dict | None, num_labels: int | None) -> None:
@@ -94,7 +155,8 @@ class PretrainedConfig:
         if id2label is not None:
             self.id2label = {int(k): v for k, v in id2label.items()}
             if num_labels is not None and num_labels != len(self.id2label):
-                self.id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
+                logger.warning(f"You passed num_labels={num_labels} with an id2label of {len(self.id2label)} labels "
+                               f"({self.id2label}); keeping id2label, so num_labels is {len(self.id2label)}.")
         else:
             self.id2label = {i: f"LABEL_{i}" for i in range(num_labels if num_labels is not None else 2)}
         self.label2id = dict(label2id) if label2id is not None else {v: k for k, v in self.id2label.items()}
@@ -322,8 +384,8 @@ class CLIPConfig(PretrainedConfig):
                  vision_config: dict | CLIPVisionConfig | None = None, projection_dim: int = 512,
                  logit_scale_init_value: float = 2.6592, initializer_factor: float = 1.0, **kwargs: Any) -> None:
         # 2021 Hub files carry text_config_dict / vision_config_dict (usually null); non-null values win
-        text_config = _merge_legacy(text_config, kwargs.pop("text_config_dict", None))
-        vision_config = _merge_legacy(vision_config, kwargs.pop("vision_config_dict", None))
+        text_config = _merge_legacy(CLIPTextConfig, text_config, kwargs.pop("text_config_dict", None))
+        vision_config = _merge_legacy(CLIPVisionConfig, vision_config, kwargs.pop("vision_config_dict", None))
         super().__init__(projection_dim=projection_dim, logit_scale_init_value=logit_scale_init_value,
                          initializer_factor=initializer_factor, **kwargs)
         self.text_config = _as_config(CLIPTextConfig, text_config)
@@ -338,12 +400,15 @@ class CLIPConfig(PretrainedConfig):
         return cls(text_config=text_config.to_dict(), vision_config=vision_config.to_dict(), **kwargs)
 
 
-def _merge_legacy(config: dict | PretrainedConfig | None, legacy: dict | None) -> dict | PretrainedConfig | None:
-    """Apply a non-null legacy ``*_config_dict`` on top of the sub-config, its values winning."""
+def _merge_legacy(cls: type, config: dict | PretrainedConfig | None, legacy: dict | None
+                  ) -> dict | PretrainedConfig | None:
+    """Apply a non-null legacy ``*_config_dict`` on top of the sub-config, as the reference does: a full ``cls``
+    config is built from it (defaults for the keys it lacks) and all its values win."""
     if legacy is None:
         return config
     base = config.to_dict() if isinstance(config, PretrainedConfig) else dict(config or {})
-    base.update({k: v for k, v in legacy.items() if k not in _DROPPED_ON_LOAD})
+    full = cls(**{k: v for k, v in legacy.items() if k not in _DROPPED_ON_LOAD and k != "model_type"}).to_dict()
+    base.update({k: v for k, v in full.items() if k not in _DROPPED_ON_LOAD})
     return base
 
 

@@ -320,7 +320,7 @@ def read_torchscript(path: str) -> dict[str, torch.Tensor]:
             data = archive.read(f"{roots[0]}/data.pkl")
             root = _TorchScriptUnpickler(data, archive, roots[0], path).load()
     except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, KeyError, ValueError, TypeError, IndexError,
-            AttributeError, RuntimeError) as exc:
+            AttributeError, RuntimeError, MemoryError, OverflowError, RecursionError) as exc:  # a corrupt pickle
         raise CheckpointError(f"{path!r} could not be read as a TorchScript archive ({type(exc).__name__}: "
                               f"{exc}).") from exc
     if not isinstance(root, _Record):
@@ -513,9 +513,10 @@ def image_processor_config(preprocess_cfg: dict[str, Any], image_size: int) -> d
             "resample": _RESAMPLE[interpolation], "rescale_factor": 1 / 255, "size": resize}
 
 
-def open_clip_preprocess(processor: dict[str, Any]) -> dict[str, Any]:
-    """open_clip's ``preprocess_cfg`` for a ``preprocessor_config.json`` dict (2021 or current format)."""
-    size, crop = processor.get("size", 224), processor.get("crop_size", 224)
+def open_clip_preprocess(processor: dict[str, Any], image_size: int = 224) -> dict[str, Any]:
+    """open_clip's ``preprocess_cfg`` for a ``preprocessor_config.json`` dict (2021 or current format); sizes the
+    dict leaves out are the model's ``image_size`` (an S x S center crop of the short side resized to S)."""
+    size, crop = processor.get("size", image_size), processor.get("crop_size", image_size)
     size = {"shortest_edge": size} if isinstance(size, int) else size
     crop = {"height": crop, "width": crop} if isinstance(crop, int) else crop
     resample = {v: k for k, v in _RESAMPLE.items()}.get(processor.get("resample", 3))
@@ -564,7 +565,7 @@ class Checkpoint:
         """open_clip's ``preprocess_cfg`` for this checkpoint."""
         if self.preprocess_cfg is not None:
             return {"size": self.config.vision_config.image_size, **self.preprocess_cfg}
-        return open_clip_preprocess(self.image_processor or {})
+        return open_clip_preprocess(self.image_processor or {}, self.config.vision_config.image_size)
 
     def tokenizer(self) -> Any:
         """The tokenizer: the Hugging Face folder's own files, else OpenAI's BPE sized to the text context."""
@@ -639,7 +640,19 @@ def _read_file(path: str, open_clip_config: dict[str, Any] | str | os.PathLike |
 def _from_openai(state_dict: dict[str, torch.Tensor], fmt: str, source: str) -> Checkpoint:
     """OpenAI conventions: sizes from shapes, heads = width / 64, quick_gelu, OpenAI preprocessing."""
     ours = openai_to_hf(state_dict)
-    return Checkpoint(config_from_weights(ours), ours, fmt, source, preprocess_cfg={})
+    config = config_from_weights(ours)
+    config.dtype = stored_dtype(state_dict)
+    return Checkpoint(config, ours, fmt, source, preprocess_cfg={})
+
+
+def stored_dtype(state_dict: dict[str, torch.Tensor]) -> torch.dtype:
+    """The floating dtype holding most of a checkpoint's values (OpenAI files keep a few tensors in float32 beside
+    float16 weights): what ``torch_dtype="auto"`` loads in."""
+    counts: dict[torch.dtype, int] = {}
+    for tensor in state_dict.values():
+        if tensor.is_floating_point():
+            counts[tensor.dtype] = counts.get(tensor.dtype, 0) + tensor.numel()
+    return max(counts, key=counts.__getitem__) if counts else torch.float32
 
 
 def _from_open_clip(state_dict: dict[str, torch.Tensor], cfg: dict[str, Any], source: str) -> Checkpoint:
@@ -650,7 +663,9 @@ def _from_open_clip(state_dict: dict[str, torch.Tensor], cfg: dict[str, Any], so
     check_open_clip_config(model_cfg)
     ours = openai_to_hf(state_dict)
     preprocess = dict(cfg.get("preprocess_cfg") or {})
-    return Checkpoint(_open_clip_architecture(model_cfg, ours), ours, "open_clip", source, preprocess_cfg=preprocess,
+    config = _open_clip_architecture(model_cfg, ours)
+    config.dtype = stored_dtype(state_dict)
+    return Checkpoint(config, ours, "open_clip", source, preprocess_cfg=preprocess,
                       tokenizer_name=(model_cfg.get("text_cfg") or {}).get("hf_tokenizer_name") or None)
 
 

@@ -34,10 +34,11 @@ def offline_mode() -> bool:
 
 
 def _variant(filename: str, variant: str | None) -> str:
-    """``model.safetensors`` with variant ``fp16`` -> ``model.fp16.safetensors``."""
+    """The variant goes before the last extension, as transformers names the files: ``model.safetensors`` ->
+    ``model.fp16.safetensors``, ``model.safetensors.index.json`` -> ``model.safetensors.index.fp16.json``."""
     if not variant:
         return filename
-    stem, dot, ext = filename.partition(".")
+    stem, dot, ext = filename.rpartition(".")
     return f"{stem}.{variant}.{ext}" if dot else f"{filename}.{variant}"
 
 
@@ -128,6 +129,14 @@ def _hub_download(repo_id: str, filename: str, *, subfolder: str, revision: str 
                               + (f" in subfolder {subfolder!r}" if subfolder else "") + ".") from exc
     except hub_errors.HfHubHTTPError as exc:
         raise CheckpointError(f"Downloading {filename!r} of {repo_id!r} failed: {exc}") from exc
+    except ValueError as exc:  # e.g. a file name that points outside the repo ("../..."), refused by the hub client
+        raise CheckpointError(f"{repo_id!r} names an invalid file {filename!r}: {exc}") from exc
+
+
+def _endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
 
 
 @functools.lru_cache(maxsize=4)
@@ -170,6 +179,13 @@ def resolve_weights(name_or_path: str | os.PathLike, *, variant: str | None = No
             shards = sorted(set(_read_index(index_path).values()))
             return [resolve_file(name_or_path, s, **hub_kwargs) for s in shards]  # type: ignore[misc]
     where = os.path.join(os.fspath(name_or_path), hub_kwargs.get("subfolder") or "")
+    if not os.path.isdir(os.fspath(name_or_path)) and (hub_kwargs.get("local_files_only") or offline_mode()
+                                                       or not _hub_resolvable(_endpoint())):
+        # offline, a repo whose config is cached but not its weights: unknown upstream, so say what is missing
+        raise OfflineError(
+            f"The weights of {os.fspath(name_or_path)!r} are not in the local cache and offline mode is on "
+            "(HF_HUB_OFFLINE=1 or local_files_only=True); only some of its files are cached. Download it once with "
+            "network access, or pass a local folder.")
     raise CheckpointError(
         f"No model weights found in {where!r}: expected {_variant(SAFE_WEIGHTS, variant)!r}, a sharded "
         f"{_variant(SAFE_INDEX, variant)!r}, or {_variant(TORCH_WEIGHTS, variant)!r}. OpenAI .pt and open_clip "
