@@ -165,14 +165,17 @@ def test_open_clip_repo_from_the_hub(gelu_model, tmp_path):
         b = clipfast.CLIPModel.from_pretrained("org/tiny-open-clip")
         ids = torch.tensor([[1, 5, 99, 0]])
         same = torch.equal(a.get_text_features(input_ids=ids), b.get_text_features(input_ids=ids))
-        print("OK", same, proc.image_mean == [0.485, 0.456, 0.406])
+        auto = clipfast.AutoProcessor.from_pretrained("org/tiny-open-clip")  # from open_clip_config.json alone
+        same_proc = auto.image_processor.to_dict() == proc.to_dict() and auto.tokenizer.model_max_length == \
+            tok.model_max_length
+        print("OK", same, proc.image_mean == [0.485, 0.456, 0.406], same_proc)
     """
     with FakeHub({"org/tiny-open-clip": repo}) as url:
         env = {**os.environ, "HF_ENDPOINT": url, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0"}
         run = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
                              timeout=120)
     assert run.returncode == 0, run.stderr
-    assert "OK True True" in run.stdout
+    assert "OK True True True" in run.stdout
 
 
 def test_real_tokenizer_padding_agrees_with_open_clip(tmp_path):

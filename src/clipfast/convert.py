@@ -763,6 +763,33 @@ def load(name_or_path: str | os.PathLike, *, open_clip_config: dict[str, Any] | 
                       _optional(lambda: CLIPImageProcessor.from_pretrained(name_or_path, **hub_kwargs)))
 
 
+def open_clip_processor(name: str | os.PathLike, **hub_kwargs: Any) -> Any:
+    """The ``CLIPProcessor`` of an open_clip folder or hub repo, from its ``open_clip_config.json`` alone (no
+    weights are read): OpenAI's BPE sized to the text context, and the image processor of its preprocess_cfg."""
+    from clipfast.image_processing import CLIPImageProcessor
+    from clipfast.processing import CLIPProcessor
+    from clipfast.tokenization_fast import CLIPTokenizerFast
+
+    name = os.fspath(name).removeprefix(HUB_PREFIX)
+    cfg = hub.read_json(hub.resolve_file(name, OPEN_CLIP_CONFIG, **hub_kwargs))  # type: ignore[arg-type]
+    model_cfg = cfg.get("model_cfg", cfg)
+    if not isinstance(model_cfg, dict) or not {"vision_cfg", "text_cfg"} <= set(model_cfg):
+        raise CheckpointError(f"The open_clip config of {name!r} lacks vision_cfg / text_cfg.")
+    text, vision = model_cfg["text_cfg"] or {}, model_cfg["vision_cfg"] or {}
+    if text.get("hf_tokenizer_name"):
+        raise CheckpointError(f"{name!r} uses the tokenizer {text['hf_tokenizer_name']!r}; clipfast ships OpenAI's "
+                              "BPE only. Load that tokenizer with the library that provides it.")
+    image_size = vision.get("image_size", 224)
+    if isinstance(image_size, (list, tuple)):
+        if len(set(image_size)) != 1:
+            raise CheckpointError(f"{name!r} has a non-square image_size {list(image_size)}; CLIP crops squares.")
+        image_size = image_size[0]
+    tokenizer = CLIPTokenizerFast.from_openai_vocab(model_max_length=int(text.get("context_length", 77)))
+    processor = CLIPImageProcessor.from_dict(image_processor_config(dict(cfg.get("preprocess_cfg") or {}),
+                                                                   int(image_size)))
+    return CLIPProcessor(image_processor=processor, tokenizer=tokenizer)
+
+
 def _optional(make: Any) -> Any:
     """``make()``, or None when the files it needs are absent."""
     try:

@@ -142,8 +142,12 @@ class CLIPProcessor:
             >>> CLIPProcessor.from_pretrained("openai/clip-vit-base-patch32", do_normalize=False)  # doctest: +SKIP
         """
         from clipfast.auto import load_image_processor, load_tokenizer, split_hub_kwargs
+        from clipfast.convert import is_foreign, open_clip_processor
 
         hub = split_hub_kwargs(kwargs)
+        if not os.path.isfile(os.fspath(pretrained_model_name_or_path)) and is_foreign(pretrained_model_name_or_path,
+                                                                                      **hub):
+            return open_clip_processor(pretrained_model_name_or_path, **hub)  # an open_clip folder or hub repo
         image_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in IMAGE_KWARGS or k == "padding_value"}
         image_processor = load_image_processor(pretrained_model_name_or_path, hub, image_kwargs,
                                                use_fast=kwargs.pop("use_fast_image_processor", None))
