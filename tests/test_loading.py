@@ -100,6 +100,10 @@ def test_base_config_fields_and_methods_of_the_reference(tmp_path):
     with pytest.raises(ValueError, match="existing field"):
         ours.update_from_string("no_such_field=1")
     assert "torchscript" not in ours.to_dict()  # defaults are not written to config.json
+    ours.pruned_heads[1] = [0]  # a mutable default, once read, keeps changes (as the reference's dict does)
+    assert ours.pruned_heads == {1: [0]}
+    with pytest.raises(ValueError, match="cannot parse pad_token_id"):
+        ours.update_from_string("pad_token_id=5")  # a field without a type to parse by, as the reference refuses
     labelled = clipfast.CLIPConfig(id2label={0: "cat", 1: "dog", 2: "car"}, num_labels=2)
     assert labelled.id2label == {0: "cat", 1: "dog", 2: "car"} and labelled.num_labels == 3  # as the reference
     ours.save_pretrained(tmp_path)
@@ -108,7 +112,16 @@ def test_base_config_fields_and_methods_of_the_reference(tmp_path):
 
 def test_v5_config_dtype_key_and_from_text_vision_configs():
     config = clipfast.CLIPConfig.from_dict({"model_type": "clip", "dtype": "bfloat16", "text_config": {}})
-    assert config.torch_dtype == "bfloat16" and config.dtype == "bfloat16"
+    assert config.torch_dtype == config.dtype == torch.bfloat16 and config.to_dict()["torch_dtype"] == "bfloat16"
+    # any dtype or name assigned is kept by name: JSON, repr and the reference's torch.dtype view all work
+    for value in (torch.float16, "float16", "torch.float16"):
+        config.torch_dtype = value
+        assert config.torch_dtype is torch.float16 and json.loads(config.to_json_string())["torch_dtype"] == "float16"
+        assert torch.zeros(1, dtype=config.torch_dtype).dtype == torch.float16 and "float16" in repr(config)
+    config.update_from_string("torch_dtype=bfloat16")
+    assert config.dtype is torch.bfloat16
+    loaded = clipfast.CLIPConfig.from_dict(config.to_dict(), torch_dtype=torch.float32)
+    assert loaded.torch_dtype is torch.float32 and loaded.to_dict()["torch_dtype"] == "float32"
     both = clipfast.CLIPConfig.from_text_vision_configs(clipfast.CLIPTextConfig(hidden_size=64),
                                                         clipfast.CLIPVisionConfig(patch_size=16), projection_dim=7)
     assert both.text_config.hidden_size == 64 and both.vision_config.patch_size == 16 and both.projection_dim == 7
@@ -325,7 +338,7 @@ def test_config_records_the_loaded_dtype(ref_folder, dtype):
     ref = transformers.CLIPModel.from_pretrained(ref_folder, torch_dtype=dtype)
     for ours, theirs in ((model.config, ref.config), (model.config.text_config, ref.config.text_config),
                          (model.config.vision_config, ref.config.vision_config)):
-        assert ours.torch_dtype == theirs.torch_dtype == model.dtype  # a name that equals the torch dtype
+        assert ours.torch_dtype == theirs.torch_dtype == model.dtype
         assert ours.to_dict()["torch_dtype"] == str(model.dtype).removeprefix("torch.")
 
 

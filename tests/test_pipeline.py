@@ -157,8 +157,12 @@ def test_equal_prompts_tie_in_candidate_order_on_every_call(hub_folder, photo_by
         out = clip(image, candidate_labels=["dog", "cat", "dog"])
         dogs = [i for i, r in enumerate(out) if r["label"] == "dog"]
         assert dogs[1] == dogs[0] + 1 and out[dogs[0]]["score"] == out[dogs[1]]["score"]
-    embeds = clip.text_embeddings(["x", "y", "x"])
-    assert torch.equal(embeds[0], embeds[2]) and embeds.shape[0] == 3
+    embeds = clip.text_embeddings(["x", "y", "x", "X "])  # "X " tokenizes as "x"
+    assert torch.equal(embeds[0], embeds[2]) and torch.equal(embeds[0], embeds[3]) and embeds.shape[0] == 4
+    images = [image, image.rotate(90), image.transpose(0)]
+    for ranked in clip(images, candidate_labels=["cat", "Cat", "cat ", "dog"]):
+        cats = [r for r in ranked if r["label"].strip().lower() == "cat"]
+        assert [r["label"] for r in cats] == ["cat", "Cat", "cat "] and len({r["score"] for r in cats}) == 1
 
 
 def test_cuda_device_without_cuda_warns_and_runs_on_cpu(hub_folder, server):
@@ -214,6 +218,25 @@ def test_processor_matches_reference_and_routes_kwargs(hub_folder, photo_bytes):
             a["input_ids"][0][:4].tolist()]
     assert list(ours(image, return_tensors="pt")) == list(ref(image, return_tensors="pt")) == ["pixel_values"]
     assert list(ours("a cat", return_tensors="pt")) == ["input_ids", "attention_mask"]
+    path = str(hub_folder / "photo.jpg")
+    image.save(path)
+    calls = [((path, "a cat"), {}), (([path, path], "a cat"), {}), ((path,), {}), (([path],), {}),
+             ((None, "a cat"), {}), ((image,), {"text": "a cat"})]
+    for args, kwargs in calls:  # transformers 4.57's own calls
+        got, want = ours(*args, return_tensors="pt", **kwargs), ref(*args, return_tensors="pt", **kwargs)
+        assert list(got) == list(want), (args, kwargs)
+        for key in want:
+            assert torch.allclose(got[key].float(), want[key].float(), atol=1e-6), (args, key)
+    for args, kwargs in ((("a cat",), {"images": image}), (("a cat", path), {})):  # the older (text, images)
+        got = ours(*args, return_tensors="pt", **kwargs)
+        want = ref(text="a cat", images=kwargs.get("images", path), return_tensors="pt")
+        assert list(got) == list(want), (args, kwargs)
+        for key in want:
+            assert torch.allclose(got[key].float(), want[key].float(), atol=1e-6), (args, key)
+        for key in want:
+            assert torch.allclose(got[key].float(), want[key].float(), atol=1e-6), (args, key)
+    with pytest.raises(TypeError, match="positional"):
+        ours(image, "a cat", "extra")
 
 
 def test_processor_ignores_unknown_arguments_with_a_warning(hub_folder, caplog):

@@ -357,6 +357,9 @@ def test_single_text_corner_cases_match_reference(pairs: dict, kind: str) -> Non
         got, want = dict(ours(*args, **kwargs)), dict(ref(*args, **kwargs))
         assert got == want and list(got) == list(want), (args, kwargs)
     assert ours.convert_ids_to_tokens([320, 49999]) == ref.convert_ids_to_tokens([320, 49999]) == ["a</w>", None]
+    for ids in (torch.tensor([320, 2368]), np.array([320, 2368]), (320,)):
+        assert ours.convert_ids_to_tokens(ids) == ref.convert_ids_to_tokens(ids)
+    assert ours.convert_ids_to_tokens(torch.tensor(320)) == ours.convert_ids_to_tokens(np.int64(320)) == "a</w>"
     if kind == "fast":  # the Rust decoder skips unknown ids, in both libraries
         assert ours.decode([320, 49999]) == ref.decode([320, 49999]) == "a"
     else:  # the reference fails inside its byte decoder; ours names the id

@@ -38,26 +38,11 @@ _BASE_DEFAULTS: dict[str, Any] = {
 _DROPPED_ON_LOAD = ("transformers_version", "model_type")
 
 
-class DtypeName(str):
-    """A dtype's name as config.json stores it (``"float16"``) that also equals the torch dtype, so that
-    ``config.torch_dtype == torch.float16`` holds as in transformers (which keeps a ``torch.dtype`` there)."""
-
-    def __eq__(self, other: object) -> bool:
-        if type(other).__module__ == "torch" and type(other).__name__ == "dtype":
-            other = str(other).removeprefix("torch.")
-        return str.__eq__(self, other)
-
-    def __ne__(self, other: object) -> bool:
-        return not self == other
-
-    __hash__ = str.__hash__
-
-
-def _dtype_name(value: Any) -> DtypeName | None:
+def _dtype_name(value: Any) -> str | None:
     """``torch.float16`` / ``"torch.float16"`` / ``"float16"`` -> ``"float16"``; None stays None."""
     if value is None:
         return None
-    return DtypeName(str(value).removeprefix("torch."))
+    return str(value).removeprefix("torch.")
 
 
 def set_known_attributes(obj: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -89,7 +74,7 @@ class PretrainedConfig:
         self.output_attentions: bool = kwargs.pop("output_attentions", False)
         dtype = kwargs.pop("dtype", None)
         torch_dtype = kwargs.pop("torch_dtype", None)
-        self.torch_dtype: str | None = _dtype_name(dtype if dtype is not None else torch_dtype)
+        self.torch_dtype = dtype if dtype is not None else torch_dtype
         self.architectures: list[str] | None = kwargs.pop("architectures", None)
         self.problem_type: str | None = kwargs.pop("problem_type", None)
         self._name_or_path: str = str(kwargs.pop("name_or_path", kwargs.pop("_name_or_path", "")))
@@ -105,7 +90,9 @@ class PretrainedConfig:
         """transformers' generic base-config fields that CLIP does not use, at their defaults."""
         if name in _BASE_DEFAULTS:
             default = _BASE_DEFAULTS[name]
-            return default() if callable(default) else default
+            if callable(default):  # a mutable default: kept, so that changes to it last
+                return self.__dict__.setdefault(name, default())
+            return default
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
@@ -142,7 +129,7 @@ class PretrainedConfig:
                 value = int(text)
             elif isinstance(current, float):
                 value = float(text)
-            elif isinstance(current, str) or current is None:
+            elif isinstance(current, str) or key == "torch_dtype":
                 value = text
             else:
                 raise ValueError(f"update_from_string: cannot parse {key} of type {type(current).__name__}.")
@@ -174,13 +161,29 @@ class PretrainedConfig:
     # -- dtype and attention backend ----------------------------------------------------------------------------
 
     @property
-    def dtype(self) -> str | None:
+    def torch_dtype(self) -> Any:
+        """The weights' dtype as a ``torch.dtype`` (None when unknown), as in transformers. It is kept by name
+        (``"float16"``), which is what config.json and ``to_dict`` hold; any dtype or name may be assigned."""
+        name = self.__dict__.get("torch_dtype")
+        if name is None:
+            return None
+        import torch
+
+        value = getattr(torch, name, None)
+        return value if isinstance(value, torch.dtype) else name
+
+    @torch_dtype.setter
+    def torch_dtype(self, value: Any) -> None:
+        self.__dict__["torch_dtype"] = _dtype_name(value)
+
+    @property
+    def dtype(self) -> Any:
         """Alias of ``torch_dtype`` (transformers 5 name)."""
         return self.torch_dtype
 
     @dtype.setter
     def dtype(self, value: Any) -> None:
-        self.torch_dtype = _dtype_name(value)
+        self.torch_dtype = value
 
     @property
     def _attn_implementation(self) -> str:

@@ -120,14 +120,13 @@ class ZeroShotImageClassificationPipeline:
         except (KeyError, IndexError, ValueError) as exc:
             raise InputError(f"hypothesis_template={hypothesis_template!r} cannot take a label ({exc!r}): it needs "
                              "one {} where the label goes and no other {...} fields (write {{ }} for braces).") from None
-        # equal prompts share one logit column: they get bit-equal scores and tie in candidate order
-        unique = list(dict.fromkeys(prompts))
-        column = {prompt: i for i, prompt in enumerate(unique)}
-        inverse = torch.tensor([column[p] for p in prompts])
+        # prompts with equal token ids ("cat", "Cat", "cat ") share one logit column: bit-equal scores, which
+        # tie in candidate order
+        unique, inverse = self._distinct_prompts(prompts)
         if text_embeds is None:
-            text_embeds = self.text_embeddings(unique)
+            text_embeds = self.text_embeddings([prompts[i] for i in unique])
         elif len(unique) < len(prompts):
-            text_embeds = text_embeds[torch.tensor([prompts.index(p) for p in unique], device=text_embeds.device)]
+            text_embeds = text_embeds[torch.tensor(unique, device=text_embeds.device)]
         scale = self.model.logit_scale.exp()
         images = list(images)
         batch_size = max(1, batch_size)
@@ -142,21 +141,29 @@ class ZeroShotImageClassificationPipeline:
                 results.append(_ranked(row, labels, top_k))
         return results
 
+    def _distinct_prompts(self, prompts: list[str]) -> tuple[list[int], torch.Tensor]:
+        """(index of the first prompt of each distinct token sequence, the column of every prompt)."""
+        ids = self.tokenizer(prompts, truncation=True)["input_ids"]
+        first: dict[tuple[int, ...], int] = {}
+        columns = [first.setdefault(tuple(row), len(first)) for row in ids]
+        unique = [0] * len(first)
+        for index, column in reversed(list(enumerate(columns))):
+            unique[column] = index
+        return unique, torch.tensor(columns)
+
     @torch.inference_mode()
     def text_embeddings(self, texts: list[str]) -> torch.Tensor:
         """L2-normalised text embeddings (len(texts), E) in the model's dtype.
 
-        Each distinct text is encoded once, so equal texts get bit-equal embeddings (a row's last bits may
-        otherwise depend on its position in the batch)."""
-        unique = list(dict.fromkeys(texts))
+        Each distinct token sequence is encoded once, so texts that tokenize alike get bit-equal embeddings (a
+        row's last bits may otherwise depend on its position in the batch)."""
+        unique, columns = self._distinct_prompts(texts)
         # truncation keeps EOS: a label longer than 77 tokens is cut instead of failing the whole call
-        tokens = self.tokenizer(unique, padding=True, truncation=True, return_tensors="pt").to(self.device)
+        tokens = self.tokenizer([texts[i] for i in unique], padding=True, truncation=True,
+                                return_tensors="pt").to(self.device)
         embeds = self.model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
         embeds = embeds / embeds.norm(p=2, dim=-1, keepdim=True)
-        if len(unique) == len(texts):
-            return embeds
-        position = {text: i for i, text in enumerate(unique)}
-        return embeds[torch.tensor([position[t] for t in texts], device=embeds.device)]
+        return embeds if len(unique) == len(texts) else embeds[columns.to(embeds.device)]
 
     @torch.inference_mode()
     def image_embeddings(self, images: list[Any]) -> torch.Tensor:

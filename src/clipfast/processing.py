@@ -69,15 +69,16 @@ class CLIPProcessor:
         names = list(self.image_processor.model_input_names) + list(self.tokenizer.model_input_names)
         return list(dict.fromkeys(names))
 
-    def __call__(self, text: Any = None, images: Any = None, return_tensors: str | None = None,
+    def __call__(self, *args: Any, text: Any = None, images: Any = None, return_tensors: str | None = None,
                  **kwargs: Any) -> Any:
         """Tokenize ``text`` and/or preprocess ``images``; returns one BatchEncoding with all model inputs
         (``pixel_values`` first, then the tokenizer's fields, as transformers 4.57).
 
-        Positional arguments may come in either order: transformers 4.57 takes ``(images, text)``, earlier 4.x
-        ``(text, images)``; text (a string or a list of strings) is told apart from images by its type.
+        Positional arguments are read as transformers 4.57 reads them, ``(images, text)``, unless their types
+        say the older 4.x order ``(text, images)``: PIL images, arrays and tensors are images, and so are strings
+        that name an existing file, an http(s) URL or a data URI; other strings are text.
         """
-        text, images = _text_and_images(text, images)
+        text, images = _text_and_images(args, text, images)
         if text is None and images is None:
             raise InputError("You have to specify either text or images (or both) when calling CLIPProcessor.")
         text_kwargs, image_kwargs = self._route(kwargs)
@@ -159,20 +160,45 @@ class CLIPProcessor:
                 f"- tokenizer: {self.tokenizer!r}")
 
 
-def _is_text(value: Any) -> bool:
-    """A string, or a list/tuple of strings or of pre-split word lists."""
-    if isinstance(value, str):
+def _is_pixels(value: Any) -> bool:
+    """A PIL image, array or tensor, or a non-empty (nested) list of them."""
+    from clipfast.image_processing import _is_image
+
+    if isinstance(value, (list, tuple)):
+        return bool(value) and all(_is_pixels(v) for v in value)
+    return _is_image(value)
+
+
+def _is_image_source(value: Any) -> bool:
+    """A path of an existing file, an http(s) URL or a data URI (or a non-empty list of them): read as an image."""
+    if isinstance(value, (list, tuple)):
+        return bool(value) and all(_is_image_source(v) for v in value)
+    if isinstance(value, os.PathLike):
         return True
-    return isinstance(value, (list, tuple)) and all(
-        isinstance(v, str) or (isinstance(v, (list, tuple)) and all(isinstance(w, str) for w in v)) for v in value)
+    return isinstance(value, str) and (value.startswith(("http://", "https://", "data:image/"))
+                                       or os.path.isfile(value))
 
 
-def _text_and_images(first: Any, second: Any) -> tuple[Any, Any]:
-    """(text, images) from the call's first two arguments, swapped when the first is not text but the second is
-    text or missing (the reference's 4.57 order, ``processor(images, text)``)."""
-    if first is not None and not _is_text(first) and (second is None or _is_text(second)):
-        return second, first
-    return first, second
+def _text_and_images(args: tuple[Any, ...], text: Any, images: Any) -> tuple[Any, Any]:
+    """(text, images) from the call's positional arguments and keywords (see ``CLIPProcessor.__call__``)."""
+    free = int(text is None) + int(images is None)
+    if len(args) > free:
+        raise TypeError(f"CLIPProcessor takes at most {free} positional argument(s) besides text= / images=, got "
+                        f"{len(args)}; pass images= and text= by keyword.")
+    if not args:
+        return text, images
+    if text is not None:
+        return text, args[0]
+    if images is not None:
+        return args[0], images
+    if len(args) == 1:
+        only = args[0]
+        return (None, only) if _is_pixels(only) or _is_image_source(only) else (only, None)
+    first, second = args
+    looks_like_image = [v is not None and (_is_pixels(v) or _is_image_source(v)) for v in (first, second)]
+    if looks_like_image == [False, True] and first is not None:
+        return first, second  # the older order: (text, images)
+    return second, first  # transformers 4.57: (images, text)
 
 
 def read_image_processor_dict(name: str | os.PathLike, hub: dict[str, Any]) -> dict[str, Any]:

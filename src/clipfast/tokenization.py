@@ -1110,7 +1110,8 @@ class CLIPTokenizer(TokenizerBase):
 
     def convert_ids_to_tokens(self, ids: Any, skip_special_tokens: bool = False) -> Any:
         """Id (or list of ids) -> token string(s) (None for an id outside the vocabulary, as the reference)."""
-        if isinstance(ids, int) or (hasattr(ids, "__index__") and not isinstance(ids, (list, tuple))):
+        ids = _to_py(ids)  # tensors and arrays (0-d or 1-d) as Python ints
+        if isinstance(ids, int):
             return self._id_token(int(ids))
         special = set(self.all_special_ids) if skip_special_tokens else set()
         return [self._id_token(int(i)) for i in _to_py(ids) if int(i) not in special]
