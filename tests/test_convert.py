@@ -168,6 +168,10 @@ def test_open_clip_repo_from_the_hub(gelu_model, tmp_path):
         auto = clipfast.AutoProcessor.from_pretrained("org/tiny-open-clip")  # from open_clip_config.json alone
         same_proc = auto.image_processor.to_dict() == proc.to_dict() and auto.tokenizer.model_max_length == \
             tok.model_max_length
+        changed = clipfast.AutoProcessor.from_pretrained("org/tiny-open-clip", do_normalize=False,
+                                                         model_max_length=9)
+        same_proc = same_proc and changed.image_processor.do_normalize is False and \
+            changed.tokenizer.model_max_length == 9
         print("OK", same, proc.image_mean == [0.485, 0.456, 0.406], same_proc)
     """
     with FakeHub({"org/tiny-open-clip": repo}) as url:

@@ -146,10 +146,18 @@ class CLIPProcessor:
         from clipfast.convert import is_foreign, open_clip_processor
 
         hub = split_hub_kwargs(kwargs)
+        image_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in IMAGE_KWARGS or k == "padding_value"}
         if not os.path.isfile(os.fspath(pretrained_model_name_or_path)) and is_foreign(pretrained_model_name_or_path,
                                                                                       **hub):
-            return open_clip_processor(pretrained_model_name_or_path, **hub)  # an open_clip folder or hub repo
-        image_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in IMAGE_KWARGS or k == "padding_value"}
+            # an open_clip folder or hub repo: built from its open_clip_config.json
+            processor = open_clip_processor(pretrained_model_name_or_path, **hub)
+            for key, value in image_kwargs.items():
+                setattr(processor.image_processor, key, value)
+            for key, value in kwargs.items():
+                if not hasattr(processor.tokenizer, key):
+                    raise TypeError(f"CLIPProcessor.from_pretrained got an unknown argument {key!r}.")
+                setattr(processor.tokenizer, key, value)
+            return processor
         image_processor = load_image_processor(pretrained_model_name_or_path, hub, image_kwargs,
                                                use_fast=kwargs.pop("use_fast_image_processor", None))
         tokenizer = load_tokenizer(pretrained_model_name_or_path, hub, kwargs, use_fast=use_fast)
