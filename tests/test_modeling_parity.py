@@ -405,3 +405,67 @@ def test_every_reference_activation_matches(act, tmp_path):
         assert_same(ref(input_ids=ids, pixel_values=pixels), ours(input_ids=ids, pixel_values=pixels))
     with pytest.raises(ValueError, match="hidden_act='nope' is not supported"):
         clipfast.CLIPTextModel(clipfast.CLIPTextConfig(**{**TINY_TEXT, "hidden_act": "nope"}))
+
+
+def test_outputs_rebuild_from_mappings_like_the_reference(text_inputs, pixel_values):
+    """Trainer's nested_detach / Accelerate rebuild outputs with type(out)(mapping) or from (key, value) pairs."""
+    ours = clipfast.CLIPForImageClassification(clipfast.CLIPConfig(**tiny_config_dict(), num_labels=3))
+    out = ours(pixel_values=pixel_values, labels=torch.tensor([0, 2, 1, 1]))
+    for rebuilt in (type(out)({k: v.detach() for k, v in out.items()}),
+                    type(out)((k, v) for k, v in out.items()), type(out)(list(out.items()))):
+        assert list(rebuilt.keys()) == ["loss", "logits"] and torch.equal(rebuilt.logits, out.logits)
+        assert rebuilt[0] is rebuilt.loss and rebuilt.to_tuple()[1] is rebuilt.logits
+    from transformers.trainer_pt_utils import nested_detach
+
+    assert torch.equal(nested_detach(out).logits, out.logits)
+    plain = clipfast.modeling.BaseModelOutput(torch.zeros(2), (torch.ones(1),))  # tensors stay values
+    assert plain.hidden_states[0].item() == 1 and plain.last_hidden_state.shape == (2,)
+
+
+def test_features_ignore_other_inputs_with_a_warning(tmp_path, text_inputs, pixel_values):
+    """get_*_features(**processor_output): the other modality's keys are dropped with a warning, as the reference."""
+    ref = transformers.CLIPModel(_ref_config("CLIPModel")).eval()
+    ref.save_pretrained(tmp_path)
+    ours = clipfast.CLIPModel.from_pretrained(tmp_path)
+    ids, mask = text_inputs
+    inputs = dict(input_ids=ids, attention_mask=mask, pixel_values=pixel_values, token_type_ids=torch.zeros_like(ids))
+    with torch.no_grad(), pytest.warns(UserWarning, match="not valid for `get_text_features`"):
+        text = ours.get_text_features(**inputs)
+    with torch.no_grad(), pytest.warns(UserWarning, match="not valid for `get_image_features`"):
+        image = ours.get_image_features(**inputs)
+    with torch.no_grad():
+        assert_same(ref.get_text_features(input_ids=ids, attention_mask=mask), text)
+        assert_same(ref.get_image_features(pixel_values=pixel_values), image)
+
+
+def test_model_api_of_the_reference(tmp_path):
+    """post_init keeps loaded weights; resize_token_embeddings pads, mean-resizes and keeps requires_grad; the
+    small helpers user code calls exist; push_to_hub is a clear error."""
+    ref = transformers.CLIPTextModel(transformers.CLIPTextConfig(**TINY_TEXT))
+    ref.save_pretrained(tmp_path)
+    ours = clipfast.CLIPTextModel.from_pretrained(tmp_path)
+    before = {k: v.clone() for k, v in ours.state_dict().items()}
+    ours.post_init()
+    ours.init_weights()
+    assert all(torch.equal(before[k], v) for k, v in ours.state_dict().items())
+    table = ours.get_input_embeddings()
+    with torch.no_grad():
+        table.weight.add_(1.0)
+    table.weight.requires_grad_(False)
+    new = ours.resize_token_embeddings(TINY_TEXT["vocab_size"] + 2, pad_to_multiple_of=8)
+    assert new.num_embeddings == 104 == ours.config.vocab_size and not new.weight.requires_grad
+    assert torch.equal(new.weight[:99], table.weight)
+    assert abs(new.weight[99:].mean().item() - table.weight.mean().item()) < 0.05  # around the old rows' mean
+    assert ours.num_parameters(exclude_embeddings=True) == ours.num_parameters() - 104 * TINY_TEXT["hidden_size"] - \
+        TINY_TEXT["max_position_embeddings"] * TINY_TEXT["hidden_size"]
+    assert ours.base_model is ours and ours.framework == "pt" and ours.get_memory_footprint() > 0
+    ours.enable_input_require_grads()
+    ours.requires_grad_(False)
+    assert ours(input_ids=torch.tensor([[5, 6, 98]])).last_hidden_state.requires_grad
+    ours.disable_input_require_grads()
+    assert not ours(input_ids=torch.tensor([[5, 6, 98]])).last_hidden_state.requires_grad
+    ours.set_attn_implementation("eager")
+    assert ours.text_model.encoder.layers[0].self_attn.config._attn_implementation == "eager"
+    for call in (lambda: ours.push_to_hub("me/model"), lambda: ours.save_pretrained(tmp_path / "x", push_to_hub=True)):
+        with pytest.raises(NotImplementedError, match="upload_folder"):
+            call()

@@ -121,18 +121,9 @@ class BatchFeature(UserDict):
     def to(self, *args: Any, **kwargs: Any) -> "BatchFeature":
         """Move floating tensors with ``Tensor.to(*args, **kwargs)`` (device and/or dtype); other tensors only
         change device. Returns ``self``, as the reference does."""
-        import torch
+        from clipfast.tokenization import tensors_to
 
-        device = kwargs.get("device")
-        if device is None and args and not isinstance(args[0], torch.dtype):
-            if not isinstance(args[0], (str, int, torch.device)):
-                raise InputError(f"BatchFeature.to() takes a device or a dtype, got {args[0]!r}.")
-            device = args[0]
-        for key, value in self.data.items():
-            if isinstance(value, torch.Tensor) and torch.is_floating_point(value):
-                self.data[key] = value.to(*args, **kwargs)
-            elif isinstance(value, torch.Tensor) and device is not None:
-                self.data[key] = value.to(device=device, non_blocking=kwargs.get("non_blocking", False))
+        tensors_to(self.data, args, kwargs)
         return self
 
 

@@ -330,6 +330,9 @@ def save_pretrained(model: CLIPPreTrainedModel, save_directory: str | os.PathLik
                     safe_serialization: bool = True, max_shard_size: int | str = "5GB",
                     state_dict: dict[str, torch.Tensor] | None = None, **kwargs: Any) -> None:
     """Write config.json and model.safetensors (sharded above ``max_shard_size``)."""
+    if kwargs.get("push_to_hub"):
+        raise NotImplementedError("push_to_hub is not supported by clipfast: save_pretrained(folder), then upload "
+                                  "it with huggingface_hub.upload_folder(repo_id=..., folder_path=folder).")
     if os.path.isfile(save_directory):
         raise CheckpointError(f"save_pretrained needs a folder, but {os.fspath(save_directory)!r} is a file.")
     os.makedirs(save_directory, exist_ok=True)

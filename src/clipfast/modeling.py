@@ -14,8 +14,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import warnings
 import weakref
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from typing import Any, Callable
 
@@ -54,11 +56,28 @@ def no_init_weights():
 # Outputs: dataclasses that also behave as ordered dicts and tuples (None fields are skipped), like transformers'.
 
 
+def _ignore_extra(method: str, kwargs: dict[str, Any]) -> None:
+    """Keywords a method does not take: ignored with one warning (the reference's
+    ``filter_out_non_signature_kwargs``)."""
+    if kwargs:
+        warnings.warn(f"The following named arguments are not valid for `{method}` and were ignored: "
+                      f"{', '.join(repr(k) for k in kwargs)}", UserWarning, stacklevel=3)
+
+
 class ModelOutput(OrderedDict):
     """Base of every output: attribute, key (``out["text_embeds"]``) and index (``out[0]``) access."""
 
     def __post_init__(self) -> None:
-        for f in fields(self):  # type: ignore[arg-type]
+        class_fields = fields(self)  # type: ignore[arg-type]
+        first = getattr(self, class_fields[0].name)
+        pairs = _key_value_pairs(first) if all(getattr(self, f.name) is None for f in class_fields[1:]) else None
+        if pairs is not None:  # built from a mapping or (key, value) pairs, as the reference's outputs can be
+            super().__setattr__(class_fields[0].name, None)
+            for key, value in pairs:
+                if value is not None:
+                    self[key] = value
+            return
+        for f in class_fields:
             value = getattr(self, f.name)
             if value is not None:
                 super().__setitem__(f.name, value)
@@ -83,6 +102,21 @@ class ModelOutput(OrderedDict):
     def to_tuple(self) -> tuple[Any, ...]:
         """The non-None fields, in declaration order."""
         return tuple(self[k] for k in self.keys())
+
+
+def _key_value_pairs(value: Any) -> list[tuple[str, Any]] | None:
+    """``value`` as (key, value) pairs when it is a mapping or an iterable of (str, value) pairs, else None (then
+    it is the first field's value). Tensors and tuples of tensors are values."""
+    if value is None or isinstance(value, torch.Tensor):
+        return None
+    if isinstance(value, dict):
+        return list(value.items())
+    if isinstance(value, Iterator):  # a generator of pairs: read once
+        value = list(value)
+    if isinstance(value, (list, tuple)) and value and all(
+            isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[0], str) for item in value):
+        return [tuple(item) for item in value]  # type: ignore[misc]
+    return None
 
 
 @dataclass(repr=False, eq=False)
@@ -732,6 +766,20 @@ class CLIPMLP(nn.Module):
         return out.view(*shape[:-1], out.shape[-1])
 
 
+def _rows_like(table: torch.Tensor, count: int) -> torch.Tensor:
+    """``count`` new embedding rows around the mean of ``table``'s rows: drawn from N(mean, 1e-9 * covariance)
+    when the covariance is positive definite, else the mean itself (transformers' mean resizing)."""
+    rows = table.float()
+    mean = rows.mean(dim=0)
+    centered = rows - mean
+    covariance = centered.T @ centered / rows.shape[0]
+    try:
+        scale = torch.linalg.cholesky(1e-9 * covariance.double()).float()
+    except RuntimeError:  # not positive definite (fewer rows than dimensions, duplicates)
+        return mean.expand(count, -1).to(table.dtype)
+    return (mean + torch.randn(count, mean.shape[0], device=table.device) @ scale.T).to(table.dtype)
+
+
 def _makes_new_tensor(layer: nn.Module) -> bool:
     """Layers whose output is a new tensor, safe to overwrite: Linear, and its quantized / upcast replacements."""
     return isinstance(layer, nn.Linear) or type(layer).__module__.startswith(("torch.ao.nn.quantized", "clipfast."))
@@ -942,9 +990,55 @@ class CLIPPreTrainedModel(nn.Module):
         self.name_or_path = config._name_or_path
 
     def post_init(self) -> None:
-        """Initialise every weight as the reference does (children first, so specific rules win)."""
-        if _INIT_WEIGHTS[-1]:
+        """Initialise every weight as the reference does (children first, so specific rules win), once: a model
+        already initialised or loaded keeps its weights, as the reference's does."""
+        if _INIT_WEIGHTS[-1] and not getattr(self, "_weights_ready", False):
             self.apply(self._init_weights)
+        self._weights_ready = True
+
+    def init_weights(self) -> None:
+        """transformers' public name of :meth:`post_init`'s initialisation."""
+        self.post_init()
+
+    def enable_input_require_grads(self) -> None:
+        """Make the input embeddings' output require grad, so gradient checkpointing works with frozen
+        embeddings (adapters, PEFT)."""
+        def require_grads(module: nn.Module, args: Any, output: torch.Tensor) -> None:
+            output.requires_grad_(True)
+
+        self._require_grads_hook = self.get_input_embeddings().register_forward_hook(require_grads)
+
+    def disable_input_require_grads(self) -> None:
+        """Undo :meth:`enable_input_require_grads`."""
+        hook = getattr(self, "_require_grads_hook", None)
+        if hook is not None:
+            hook.remove()
+            self._require_grads_hook = None
+
+    def set_attn_implementation(self, attn_implementation: str | dict[str, str]) -> None:
+        """Switch the attention backend at runtime ("eager", "sdpa", "flash_attention_2", or a dict by sub-config)."""
+        from clipfast.loading import check_attn_implementation
+
+        self.config._attn_implementation = check_attn_implementation(attn_implementation)
+
+    @property
+    def base_model(self) -> nn.Module:
+        """The model itself (CLIP models have no separate base model), as in transformers."""
+        return getattr(self, self.base_model_prefix, self)
+
+    framework = "pt"
+    is_parallelizable = False
+
+    def get_memory_footprint(self, return_buffers: bool = True) -> int:
+        """Bytes taken by the parameters (and buffers)."""
+        tensors = [*self.parameters(), *(self.buffers() if return_buffers else [])]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def push_to_hub(self, *args: Any, **kwargs: Any) -> None:
+        """Not supported: clipfast never uploads. Save with ``save_pretrained`` and upload the folder with
+        ``huggingface_hub.upload_folder``."""
+        raise NotImplementedError("push_to_hub is not supported by clipfast: save_pretrained(folder), then upload "
+                                  "it with huggingface_hub.upload_folder(repo_id=..., folder_path=folder).")
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -1009,9 +1103,11 @@ class CLIPPreTrainedModel(nn.Module):
         """dtype of the first floating-point parameter."""
         return next(p.dtype for p in self.parameters() if p.is_floating_point())
 
-    def num_parameters(self, only_trainable: bool = False) -> int:
-        """Number of parameters (optionally only those with requires_grad)."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not only_trainable)
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """Number of parameters (optionally only those with requires_grad, or without the embedding tables)."""
+        skipped = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)} if exclude_embeddings else set()
+        return sum(p.numel() for p in self.parameters()
+                   if (p.requires_grad or not only_trainable) and id(p) not in skipped)
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
         """Recompute each encoder layer in the backward pass to save activation memory."""
@@ -1069,21 +1165,31 @@ class CLIPPreTrainedModel(nn.Module):
     def can_generate(self) -> bool:
         return False
 
-    def resize_token_embeddings(self, new_num_tokens: int | None = None, **kwargs: Any) -> nn.Embedding:
-        """Grow or shrink the token table (e.g. after ``tokenizer.add_tokens``), keeping existing rows."""
+    def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None,
+                                mean_resizing: bool = True) -> nn.Embedding:
+        """Grow or shrink the token table (e.g. after ``tokenizer.add_tokens``), keeping existing rows, as
+        transformers does: the size rounded up to ``pad_to_multiple_of``; new rows drawn around the old rows' mean
+        (``mean_resizing``, with 1e-9 of their covariance) or from the initialisation rule; ``requires_grad`` kept.
+        """
         old = self.get_input_embeddings()
         if not isinstance(old, nn.Embedding):
             raise TypeError(f"{type(self).__name__} has no token embedding to resize.")
-        if new_num_tokens is None:
+        if new_num_tokens is None and pad_to_multiple_of is None:
             return old
-        new = nn.Embedding(new_num_tokens, old.embedding_dim, device=old.weight.device, dtype=old.weight.dtype)
+        size = old.num_embeddings if new_num_tokens is None else int(new_num_tokens)
+        if pad_to_multiple_of:
+            size = -(-size // int(pad_to_multiple_of)) * int(pad_to_multiple_of)
+        new = nn.Embedding(size, old.embedding_dim, device=old.weight.device, dtype=old.weight.dtype)
         with torch.no_grad():
-            nn.init.normal_(new.weight, std=0.02 * self.config.initializer_factor)
-            keep = min(new_num_tokens, old.num_embeddings)
+            keep = min(size, old.num_embeddings)
             new.weight[:keep] = old.weight[:keep]
+            if size > keep:
+                new.weight[keep:] = (_rows_like(old.weight, size - keep) if mean_resizing else
+                                     torch.randn_like(new.weight[keep:]) * 0.02 * self.config.initializer_factor)
+        new.weight.requires_grad_(old.weight.requires_grad)
         self._text_tower().embeddings.token_embedding = new
         text_config = self.config.text_config if isinstance(self.config, CLIPConfig) else self.config
-        text_config.vocab_size = new_num_tokens
+        text_config.vocab_size = size
         return new
 
     def _text_tower(self) -> CLIPTextTransformer:
@@ -1216,14 +1322,20 @@ class CLIPModel(CLIPPreTrainedModel):
 
     def get_text_features(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                           position_ids: torch.Tensor | None = None, output_attentions: bool | None = None,
-                          output_hidden_states: bool | None = None, return_dict: bool | None = None) -> torch.Tensor:
-        """Projected (not normalized) text embeddings, shape (B, projection_dim)."""
+                          output_hidden_states: bool | None = None, return_dict: bool | None = None,
+                          **kwargs: Any) -> torch.Tensor:
+        """Projected (not normalized) text embeddings, shape (B, projection_dim). Other keywords (the
+        processor's ``pixel_values``, a tokenizer's ``token_type_ids``) are ignored with a warning, as the reference
+        does, so ``get_text_features(**inputs)`` works."""
+        _ignore_extra("get_text_features", kwargs)
         return self.text_projection(self.text_model.pooled_output(input_ids, attention_mask, position_ids))
 
     def get_image_features(self, pixel_values: torch.Tensor | None = None, output_attentions: bool | None = None,
                            output_hidden_states: bool | None = None, interpolate_pos_encoding: bool = False,
-                           return_dict: bool | None = None) -> torch.Tensor:
-        """Projected (not normalized) image embeddings, shape (B, projection_dim)."""
+                           return_dict: bool | None = None, **kwargs: Any) -> torch.Tensor:
+        """Projected (not normalized) image embeddings, shape (B, projection_dim); other keywords (the
+        processor's ``input_ids``, ...) are ignored with a warning, as the reference does."""
+        _ignore_extra("get_image_features", kwargs)
         pooled = self.vision_model(pixel_values, False, False, interpolate_pos_encoding, True).pooler_output
         return self.visual_projection(pooled)
 

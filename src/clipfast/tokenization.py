@@ -222,12 +222,28 @@ class BatchEncoding(dict):
                     "padding=True (and truncation=True) to get rectangular batches.") from exc
         return self
 
-    def to(self, device: Any, non_blocking: bool = False) -> BatchEncoding:
-        """Move torch tensors to ``device`` (others are kept); returns self, as transformers does."""
-        for key, value in self.items():
-            if hasattr(value, "to") and hasattr(value, "device"):
-                self[key] = value.to(device, non_blocking=non_blocking)
+    def to(self, *args: Any, **kwargs: Any) -> BatchEncoding:
+        """Move tensors to a device and/or cast the floating ones (``pixel_values``) to a dtype, with
+        ``Tensor.to``'s arguments: ids and masks keep their integer dtype. Returns self, as transformers does."""
+        tensors_to(self, args, kwargs)
         return self
+
+
+def tensors_to(data: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """``Tensor.to(*args, **kwargs)`` on the floating tensors of the mapping ``data`` and only the device part on the
+    others (``model(**inputs.to("cuda", torch.float16))`` must keep integer ids), in place."""
+    import torch
+
+    device = kwargs.get("device")
+    if device is None and args and not isinstance(args[0], torch.dtype):
+        if not isinstance(args[0], (str, int, torch.device)):
+            raise InputError(f".to() takes a device and/or a dtype, got {args[0]!r}.")
+        device = args[0]
+    for key, value in list(data.items()):
+        if isinstance(value, torch.Tensor) and torch.is_floating_point(value):
+            data[key] = value.to(*args, **kwargs)
+        elif isinstance(value, torch.Tensor) and device is not None:
+            data[key] = value.to(device=device, non_blocking=kwargs.get("non_blocking", False))
 
 
 def _tensor_converter(tensor_type: str) -> Callable[[Any], Any]:
