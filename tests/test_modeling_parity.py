@@ -469,3 +469,22 @@ def test_model_api_of_the_reference(tmp_path):
     for call in (lambda: ours.push_to_hub("me/model"), lambda: ours.save_pretrained(tmp_path / "x", push_to_hub=True)):
         with pytest.raises(NotImplementedError, match="upload_folder"):
             call()
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_export_and_trace_like_the_reference(text_inputs, pixel_values):
+    """torch.export (outputs are pytree nodes, no branching on mask values) and torch.jit.trace with autograd on
+    (one graph whatever the grad mode) work, and the captured programs give the eager numbers."""
+    model = clipfast.CLIPModel(clipfast.CLIPConfig(**tiny_config_dict())).eval()
+    ids, mask = text_inputs
+    with torch.no_grad():
+        eager = model(input_ids=ids, pixel_values=pixel_values, attention_mask=mask)
+    exported = torch.export.export(model, (ids, pixel_values, mask))
+    with torch.no_grad():
+        out = exported.module()(ids, pixel_values, mask)
+    assert type(out).__name__ == "CLIPOutput"
+    torch.testing.assert_close(out.logits_per_image, eager.logits_per_image)
+    model.config.return_dict = False  # tracing takes tuples, as with transformers
+    traced = torch.jit.trace(model, (ids, pixel_values, mask))  # autograd on: the parameters require grad
+    with torch.no_grad():
+        torch.testing.assert_close(traced(ids, pixel_values, mask)[0], eager.logits_per_image)

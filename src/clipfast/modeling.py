@@ -67,6 +67,17 @@ def _ignore_extra(method: str, kwargs: dict[str, Any]) -> None:
 class ModelOutput(OrderedDict):
     """Base of every output: attribute, key (``out["text_embeds"]``) and index (``out[0]``) access."""
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Each output class is a pytree node (as the reference's are), so torch.export and torch.compile can
+        return it: its non-None fields are the children."""
+        super().__init_subclass__(**kwargs)
+        import torch.utils._pytree as pytree
+
+        pytree.register_pytree_node(
+            cls, lambda out: (list(out.values()), list(out.keys())),
+            lambda values, keys: cls(**dict(zip(keys, values))),
+            serialized_type_name=f"{cls.__module__}.{cls.__name__}")
+
     def __post_init__(self) -> None:
         class_fields = fields(self)  # type: ignore[arg-type]
         first = getattr(self, class_fields[0].name)
@@ -451,6 +462,13 @@ def _hooked(layer: nn.Module) -> bool:
                 or _torch_module._global_backward_hooks or _torch_module._global_backward_pre_hooks)
 
 
+def _graph_capture() -> bool:
+    """Inside torch.jit tracing, torch.compile or torch.export: no branching on tensor values (they are symbolic
+    or would be baked in), and the plain ops only."""
+    exporting = getattr(torch.compiler, "is_exporting", lambda: False)
+    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling() or exporting()
+
+
 def _forward_ad_active() -> bool:
     """Inside forward-mode AD (``torch.func.jvp``/``jacfwd``, ``forward_ad.dual_level``) or another functorch
     transform: MKL's packed product has no forward-AD formula."""
@@ -472,7 +490,7 @@ def _cpu_packs(module: nn.Module, x: torch.Tensor, layers: list[nn.Module],
     params = [p for m in layers for p in (m.weight, m.bias) if p is not None]
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
         return None  # the packed product has no backward
-    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling() or _forward_ad_active():
+    if _graph_capture() or _forward_ad_active():
         return None  # exporters, compilers and function transforms see the plain ops
     if any(p.is_inference() or not p.is_contiguous() for p in params):
         return None  # inference tensors keep no version counter to tell an update by; probes need flat views
@@ -728,7 +746,9 @@ class CLIPMLP(nn.Module):
             if self.activation_fn is quick_gelu:  # the packs hold 1.702 W1, 1.702 b1 and W2 / 1.702
                 return packs["fc2"](F.silu(hidden, inplace=True))
             return packs["fc2"](self.activation_fn(hidden))
-        if self.activation_fn is quick_gelu and not (torch.is_grad_enabled() and hidden_states.requires_grad):
+        # the folded quick_gelu depends on the grad mode: a tracer (whose check reruns without grad) sees one graph
+        if (self.activation_fn is quick_gelu and not (torch.is_grad_enabled() and hidden_states.requires_grad)
+                and not _graph_capture()):
             if self._plain_linears(hidden_states):
                 return self._quick_gelu_mlp(hidden_states)
             if _makes_new_tensor(self.fc1) and not _hooked(self.fc1):
@@ -873,10 +893,11 @@ class CLIPTextTransformer(nn.Module):
         hidden_states = self.embeddings(input_ids=input_ids, position_ids=position_ids)
         dtype, device = hidden_states.dtype, hidden_states.device
         causal = _causal_mask(batch, length, dtype, device)
+        # an all-ones mask is dropped (sdpa's causal fast path); tracers and exporters cannot branch on values
+        unpadded = attention_mask is None or (not _graph_capture() and bool(attention_mask.all()))
         if self.config._attn_implementation == "flash_attention_2":
-            mask = attention_mask if attention_mask is not None and not bool(attention_mask.all()) else None
-        elif attention_mask is not None and not (self.config._attn_implementation == "sdpa"
-                                                 and bool(attention_mask.all())):
+            mask = None if unpadded else attention_mask
+        elif attention_mask is not None and not (self.config._attn_implementation == "sdpa" and unpadded):
             mask = _expand_padding_mask(attention_mask.to(device), dtype, length)
         else:
             mask = None  # no padding: sdpa then takes its causal fast path
@@ -903,7 +924,8 @@ class CLIPTextTransformer(nn.Module):
         self.embeddings.check_length(input_ids.shape[1])
         if attention_mask is not None:
             attention_mask = attention_mask.expand(input_ids.shape[0], -1)  # a (1, T) mask applies to every row
-        if (position_ids is not None or (attention_mask is not None and not _is_right_padded(attention_mask))
+        if (_graph_capture() or position_ids is not None
+                or (attention_mask is not None and not _is_right_padded(attention_mask))
                 or any(_hooked(m) for m in self.modules())):
             return self(input_ids, attention_mask, position_ids, False, False, True).pooler_output
         positions = self._eos_positions(input_ids)
