@@ -249,8 +249,8 @@ def _assign(model: CLIPPreTrainedModel, state_dict: dict[str, torch.Tensor], dty
             "ignore_mismatched_sizes=True to re-initialise them.")
     model.load_state_dict(usable, strict=False, assign=True)
     _materialize(model, dtype, {k for k in expected if k not in usable})
-    return {"missing_keys": missing, "unexpected_keys": unexpected, "mismatched_keys": sorted(k for k, _, _ in mismatched),
-            "error_msgs": [], "_mismatched_shapes": mismatched}
+    return {"missing_keys": missing, "unexpected_keys": unexpected,
+            "mismatched_keys": sorted(k for k, _, _ in mismatched), "error_msgs": [], "_mismatched_shapes": mismatched}
 
 
 def _post_order(module: nn.Module) -> Iterator[nn.Module]:

@@ -118,8 +118,9 @@ class ZeroShotImageClassificationPipeline:
         try:
             prompts = [hypothesis_template.format(label) for label in labels]
         except (KeyError, IndexError, ValueError) as exc:
-            raise InputError(f"hypothesis_template={hypothesis_template!r} cannot take a label ({exc!r}): it needs "
-                             "one {} where the label goes and no other {...} fields (write {{ }} for braces).") from None
+            raise InputError(f"hypothesis_template={hypothesis_template!r} cannot take a label ({exc!r}): it "
+                             "needs one {} where the label goes and no other {...} fields (write {{ }} for braces)."
+                             ) from None
         # prompts with equal token ids ("cat", "Cat", "cat ") share one logit column: bit-equal scores, which
         # tie in candidate order
         unique, inverse = self._distinct_prompts(prompts)
