@@ -356,7 +356,7 @@ def test_activation_swapped_after_packing(text_inputs, pixel_values):
     with torch.no_grad():
         _outputs(model, text_inputs, pixel_values)
         for layer in model.vision_model.encoder.layers:
-            layer.mlp.activation_fn = torch.nn.functional.gelu
+            layer.mlp.activation_fn = torch.nn.GELU()
         got = _outputs(model, text_inputs, pixel_values)
     _assert_close(got, _plain(model, text_inputs, pixel_values))
 

@@ -488,3 +488,24 @@ def test_export_and_trace_like_the_reference(text_inputs, pixel_values):
     traced = torch.jit.trace(model, (ids, pixel_values, mask))  # autograd on: the parameters require grad
     with torch.no_grad():
         torch.testing.assert_close(traced(ids, pixel_values, mask)[0], eager.logits_per_image)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_activation_is_a_hookable_module_like_the_reference(packed, tmp_path, text_inputs, pixel_values):
+    """mlp.activation_fn is a module (named_modules, hooks): a hook sees what the reference's hook sees, and a hook
+    that changes the activation changes the result, even on the folded quick_gelu and packed paths."""
+    ref = transformers.CLIPModel(_ref_config("CLIPModel")).eval()
+    ref.save_pretrained(tmp_path)
+    ours = clipfast.CLIPModel.from_pretrained(tmp_path).set_cpu_weight_packing(packed)
+    assert "vision_model.encoder.layers.0.mlp.activation_fn" in dict(ours.named_modules())
+    seen = {}
+    for model, name in ((ref, "ref"), (ours, "ours")):
+        layer = model.vision_model.encoder.layers[0].mlp.activation_fn
+        handle = layer.register_forward_hook(lambda m, a, out, name=name: seen.__setitem__(name, out) or out * 0.5)
+        with torch.no_grad():
+            for _ in range(3):  # packing starts on the second call
+                features = model.get_image_features(pixel_values=pixel_values)
+        handle.remove()
+        seen[name + "-features"] = features
+    assert_same(seen["ref"], seen["ours"])
+    assert_same(seen["ref-features"], seen["ours-features"])

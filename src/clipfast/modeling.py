@@ -242,14 +242,37 @@ ACT2FN: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 _ACT_MODULES: dict[str, Callable[[], nn.Module]] = {"prelu": nn.PReLU, "leaky_relu": nn.LeakyReLU}
 
 
-def _activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The activation called ``name`` in config.hidden_act: a function, or a module for prelu / leaky_relu."""
+class Activation(nn.Module):
+    """An activation of ``ACT2FN`` as a module, as the reference's ``mlp.activation_fn`` is: it shows in
+    ``named_modules()`` and takes hooks (activation capture in interpretability work)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+        self.fn = ACT2FN[name]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+    def extra_repr(self) -> str:
+        return self.name
+
+
+def _activation(name: str) -> nn.Module:
+    """The activation module called ``name`` in config.hidden_act."""
     if name in _ACT_MODULES:
         return _ACT_MODULES[name]()
     if name not in ACT2FN:
         raise ValueError(f"hidden_act={name!r} is not supported; choose one of "
                          f"{sorted([*ACT2FN, *_ACT_MODULES])}.")
-    return ACT2FN[name]
+    return Activation(name)
+
+
+def _folds_quick_gelu(activation: Any) -> bool:
+    """Whether the MLP may fold this activation into its matmuls: quick_gelu, not hooked (hooks see it called)."""
+    if isinstance(activation, Activation):
+        return activation.fn is quick_gelu and not _hooked(activation)
+    return activation is quick_gelu
 
 
 def eager_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
@@ -740,15 +763,16 @@ class CLIPMLP(nn.Module):
         self.cpu_weight_packing = False  # opt-in: CLIPPreTrainedModel.set_cpu_weight_packing
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        packs = _cpu_packs(self, hidden_states, [self.fc1, self.fc2], self._pack, salt=self.activation_fn)
+        folds = _folds_quick_gelu(self.activation_fn)
+        packs = _cpu_packs(self, hidden_states, [self.fc1, self.fc2], self._pack,
+                           salt=(id(self.activation_fn), getattr(self.activation_fn, "fn", None), folds))
         if packs is not None:
             hidden = packs["fc1"](hidden_states)
-            if self.activation_fn is quick_gelu:  # the packs hold 1.702 W1, 1.702 b1 and W2 / 1.702
+            if folds:  # the packs hold 1.702 W1, 1.702 b1 and W2 / 1.702
                 return packs["fc2"](F.silu(hidden, inplace=True))
             return packs["fc2"](self.activation_fn(hidden))
         # the folded quick_gelu depends on the grad mode: a tracer (whose check reruns without grad) sees one graph
-        if (self.activation_fn is quick_gelu and not (torch.is_grad_enabled() and hidden_states.requires_grad)
-                and not _graph_capture()):
+        if folds and not (torch.is_grad_enabled() and hidden_states.requires_grad) and not _graph_capture():
             if self._plain_linears(hidden_states):
                 return self._quick_gelu_mlp(hidden_states)
             if _makes_new_tensor(self.fc1) and not _hooked(self.fc1):
@@ -760,7 +784,7 @@ class CLIPMLP(nn.Module):
 
     def _pack(self) -> dict[str, _PackedLinear]:
         """fc1 and fc2 packed for CPU inference, with quick_gelu's 1.702 folded in as in :meth:`_quick_gelu_mlp`."""
-        scale = 1.702 if self.activation_fn is quick_gelu else 1.0
+        scale = 1.702 if _folds_quick_gelu(self.activation_fn) else 1.0
         return {"fc1": _PackedLinear([self.fc1.weight], [self.fc1.bias], scale),
                 "fc2": _PackedLinear([self.fc2.weight], [self.fc2.bias], 1 / scale, bias_scale=1.0)}
 
