@@ -420,6 +420,14 @@ def test_outputs_rebuild_from_mappings_like_the_reference(text_inputs, pixel_val
     assert torch.equal(nested_detach(out).logits, out.logits)
     plain = clipfast.modeling.BaseModelOutput(torch.zeros(2), (torch.ones(1),))  # tensors stay values
     assert plain.hidden_states[0].item() == 1 and plain.last_hidden_state.shape == (2,)
+    for mutate in (lambda: out.pop("loss"), lambda: out.update(loss=None), lambda: out.setdefault("x", 1),
+                   lambda: out.__delitem__("loss")):
+        with pytest.raises(TypeError, match="keeps its fields"):
+            mutate()
+    plain.attentions = (torch.ones(1),)  # a field that was None stays out of the keys, as in the reference
+    assert list(plain.keys()) == ["last_hidden_state", "hidden_states"] and len(plain.to_tuple()) == 2
+    plain.last_hidden_state = torch.ones(3)
+    assert plain["last_hidden_state"].shape == (3,) and plain[0].shape == (3,)
 
 
 def test_features_ignore_other_inputs_with_a_warning(tmp_path, text_inputs, pixel_values):

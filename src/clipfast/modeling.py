@@ -99,9 +99,15 @@ class ModelOutput(OrderedDict):
         return self.to_tuple()[key]
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in self.keys() or (value is not None and name in {f.name for f in fields(self)}):  # type: ignore
+        if name in self.keys() and value is not None:  # a field that is set stays in sync; a None one stays out
             super().__setitem__(name, value)
         super().__setattr__(name, value)
+
+    def _immutable(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError(f"A {type(self).__name__} keeps its fields: pop, update, setdefault and del are not "
+                        "supported (as in transformers); build a new output or a dict instead.")
+
+    pop = update = setdefault = __delitem__ = _immutable  # type: ignore[assignment]
 
     def __setitem__(self, key: str, value: Any) -> None:
         super().__setitem__(key, value)
