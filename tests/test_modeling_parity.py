@@ -517,3 +517,21 @@ def test_activation_is_a_hookable_module_like_the_reference(packed, tmp_path, te
         seen[name + "-features"] = features
     assert_same(seen["ref"], seen["ours"])
     assert_same(seen["ref-features"], seen["ours-features"])
+
+
+def test_towers_are_called_with_keywords_like_the_reference(tmp_path, text_inputs, pixel_values):
+    """Pre-hooks registered with_kwargs=True on a tower see keyword arguments, as with transformers."""
+    ref = transformers.CLIPModel(_ref_config("CLIPModel")).eval()
+    ref.save_pretrained(tmp_path)
+    ours = clipfast.CLIPModel.from_pretrained(tmp_path)
+    ids, mask = text_inputs
+    for model in (ours, ref):
+        seen = []
+        handles = [tower.register_forward_pre_hook(lambda m, args, kwargs: seen.append((len(args), sorted(kwargs))),
+                                                   with_kwargs=True)
+                   for tower in (model.text_model, model.vision_model)]
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=mask, pixel_values=pixel_values)
+        for handle in handles:
+            handle.remove()
+        assert all(count == 0 for count, _ in seen) and {"input_ids", "pixel_values"} <= {k for _, ks in seen for k in ks}

@@ -957,7 +957,8 @@ class CLIPTextTransformer(nn.Module):
         if (_graph_capture() or position_ids is not None
                 or (attention_mask is not None and not _is_right_padded(attention_mask))
                 or any(_hooked(m) for m in self.modules())):
-            return self(input_ids, attention_mask, position_ids, False, False, True).pooler_output
+            return self(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                        output_attentions=False, output_hidden_states=False, return_dict=True).pooler_output
         positions = self._eos_positions(input_ids)
         if attention_mask is not None and not bool(attention_mask.gather(1, positions[:, None].to(
                 attention_mask.device)).all()):
@@ -1299,8 +1300,9 @@ class CLIPTextModel(CLIPPreTrainedModel):
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, output_attentions: bool | None = None,
                 output_hidden_states: bool | None = None, return_dict: bool | None = None) -> Any:
-        return self.text_model(input_ids, attention_mask, position_ids, output_attentions, output_hidden_states,
-                               return_dict)
+        return self.text_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                               output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                               return_dict=return_dict)
 
 
 class CLIPVisionModel(CLIPPreTrainedModel):
@@ -1321,8 +1323,9 @@ class CLIPVisionModel(CLIPPreTrainedModel):
     def forward(self, pixel_values: torch.Tensor | None = None, output_attentions: bool | None = None,
                 output_hidden_states: bool | None = None, interpolate_pos_encoding: bool = False,
                 return_dict: bool | None = None) -> Any:
-        return self.vision_model(pixel_values, output_attentions, output_hidden_states, interpolate_pos_encoding,
-                                 return_dict)
+        return self.vision_model(pixel_values=pixel_values, output_attentions=output_attentions,
+                                 output_hidden_states=output_hidden_states,
+                                 interpolate_pos_encoding=interpolate_pos_encoding, return_dict=return_dict)
 
 
 def _normalize(x: torch.Tensor) -> torch.Tensor:
@@ -1388,7 +1391,8 @@ class CLIPModel(CLIPPreTrainedModel):
         """Projected (not normalized) image embeddings, shape (B, projection_dim); other keywords (the
         processor's ``input_ids``, ...) are ignored with a warning, as the reference does."""
         _ignore_extra("get_image_features", kwargs)
-        pooled = self.vision_model(pixel_values, False, False, interpolate_pos_encoding, True).pooler_output
+        pooled = self.vision_model(pixel_values=pixel_values, output_attentions=False, output_hidden_states=False,
+                                   interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True).pooler_output
         return self.visual_projection(pooled)
 
     def forward(self, input_ids: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None,
@@ -1399,10 +1403,12 @@ class CLIPModel(CLIPPreTrainedModel):
         """Similarity logits between every text and every image; loss with ``return_loss=True``."""
         output_attentions = _flag(output_attentions, self.config.output_attentions)
         output_hidden_states = _flag(output_hidden_states, self.config.output_hidden_states)
-        vision_out = self.vision_model(pixel_values, output_attentions, output_hidden_states,
-                                       interpolate_pos_encoding, True)
-        text_out = self.text_model(input_ids, attention_mask, position_ids, output_attentions, output_hidden_states,
-                                   True)
+        vision_out = self.vision_model(pixel_values=pixel_values, output_attentions=output_attentions,
+                                       output_hidden_states=output_hidden_states,
+                                       interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True)
+        text_out = self.text_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                   output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                                   return_dict=True)
         image_embeds = _normalize(self.visual_projection(vision_out.pooler_output))
         text_embeds = _normalize(self.text_projection(text_out.pooler_output))
         logits_per_text = torch.matmul(text_embeds, image_embeds.t().to(text_embeds.device))
@@ -1436,8 +1442,9 @@ class CLIPTextModelWithProjection(CLIPPreTrainedModel):
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, output_attentions: bool | None = None,
                 output_hidden_states: bool | None = None, return_dict: bool | None = None) -> Any:
-        text_out = self.text_model(input_ids, attention_mask, position_ids, output_attentions, output_hidden_states,
-                                   True)
+        text_out = self.text_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                   output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                                   return_dict=True)
         out = CLIPTextModelOutput(text_embeds=self.text_projection(text_out.pooler_output),
                                   last_hidden_state=text_out.last_hidden_state,
                                   hidden_states=text_out.hidden_states, attentions=text_out.attentions)
@@ -1462,8 +1469,9 @@ class CLIPVisionModelWithProjection(CLIPPreTrainedModel):
     def forward(self, pixel_values: torch.Tensor | None = None, output_attentions: bool | None = None,
                 output_hidden_states: bool | None = None, interpolate_pos_encoding: bool = False,
                 return_dict: bool | None = None) -> Any:
-        vision_out = self.vision_model(pixel_values, output_attentions, output_hidden_states,
-                                       interpolate_pos_encoding, True)
+        vision_out = self.vision_model(pixel_values=pixel_values, output_attentions=output_attentions,
+                                       output_hidden_states=output_hidden_states,
+                                       interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True)
         out = CLIPVisionModelOutput(image_embeds=self.visual_projection(vision_out.pooler_output),
                                     last_hidden_state=vision_out.last_hidden_state,
                                     hidden_states=vision_out.hidden_states, attentions=vision_out.attentions)
@@ -1492,8 +1500,9 @@ class CLIPForImageClassification(CLIPPreTrainedModel):
                 return_dict: bool | None = None, interpolate_pos_encoding: bool = False) -> Any:
         output_attentions = _flag(output_attentions, self.config.output_attentions)
         output_hidden_states = _flag(output_hidden_states, self.config.output_hidden_states)
-        vision_out = self.vision_model(pixel_values, output_attentions, output_hidden_states,
-                                       interpolate_pos_encoding, True)
+        vision_out = self.vision_model(pixel_values=pixel_values, output_attentions=output_attentions,
+                                       output_hidden_states=output_hidden_states,
+                                       interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True)
         logits = self.classifier(vision_out.last_hidden_state[:, 1:, :].mean(dim=1))  # (B, num_labels)
         loss = self._loss(logits, labels) if labels is not None else None
         out = ImageClassifierOutput(loss=loss, logits=logits, hidden_states=vision_out.hidden_states,
