@@ -534,4 +534,5 @@ def test_towers_are_called_with_keywords_like_the_reference(tmp_path, text_input
             model(input_ids=ids, attention_mask=mask, pixel_values=pixel_values)
         for handle in handles:
             handle.remove()
-        assert all(count == 0 for count, _ in seen) and {"input_ids", "pixel_values"} <= {k for _, ks in seen for k in ks}
+        names = {k for _, ks in seen for k in ks}
+        assert all(count == 0 for count, _ in seen) and {"input_ids", "pixel_values"} <= names
