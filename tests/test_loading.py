@@ -239,6 +239,18 @@ def test_projection_class_takes_the_composite_projection_dim(ref_folder, text_in
         assert torch.allclose(model(*text_inputs).text_embeds, full.get_text_features(*text_inputs), atol=1e-6)
 
 
+def test_plain_tower_out_of_a_clipmodel_keeps_its_own_projection_dim(ref_folder):
+    """Only projection towers take the composite's projection_dim; a plain tower's config is its sub-config."""
+    for cls in ("CLIPTextModel", "CLIPVisionModel"):
+        ours = getattr(clipfast, cls).from_pretrained(ref_folder).config
+        ref = getattr(transformers, cls).from_pretrained(ref_folder).config
+        assert ours.projection_dim == ref.projection_dim
+    config = clipfast.CLIPConfig(**tiny_config_dict(), id2label={0: "cat", 1: "dog"})
+    assert config.to_dict()["id2label"] == {0: "cat", 1: "dog"} == transformers.CLIPConfig(
+        **tiny_config_dict(), id2label={0: "cat", 1: "dog"}).to_dict()["id2label"]
+    assert json.loads(config.to_json_string())["id2label"] == {"0": "cat", "1": "dog"}
+
+
 def test_text_checkpoint_into_projection_class_initialises_the_head(tmp_path):
     transformers.CLIPTextModel(transformers.CLIPTextConfig(**TINY_TEXT)).save_pretrained(tmp_path)
     with pytest.warns(UserWarning, match="text_projection.weight"):

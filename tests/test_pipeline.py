@@ -165,6 +165,23 @@ def test_equal_prompts_tie_in_candidate_order_on_every_call(hub_folder, photo_by
         assert [r["label"] for r in cats] == ["cat", "Cat", "cat "] and len({r["score"] for r in cats}) == 1
 
 
+def test_generators_stream_results_like_the_reference(hub_folder, photo_bytes):
+    image = Image.open(io.BytesIO(photo_bytes))
+    images = [image, image.rotate(90), image.transpose(0)]
+    labels = ["a photo of a cat", "a photo of a dog"]
+    ours = clipfast.pipeline("zero-shot-image-classification", model=str(hub_folder), device="cpu")
+    ref = transformers.pipeline("zero-shot-image-classification", model=str(hub_folder), device="cpu")
+    streamed = ours((im for im in images), candidate_labels=labels, batch_size=2)
+    assert not isinstance(streamed, list)
+    got, want = list(streamed), list(ref((im for im in images), candidate_labels=labels))
+    assert [[r["label"] for r in row] for row in got] == [[r["label"] for r in row] for row in want]
+    for row_a, row_b in zip(got, want):
+        for a, b in zip(row_a, row_b):
+            assert abs(a["score"] - b["score"]) < 1e-5
+    with pytest.raises(InputError, match="hypothesis_template"):
+        ours(iter(images), candidate_labels=labels, hypothesis_template="{} and {x}")  # raised at once
+
+
 def test_cuda_device_without_cuda_warns_and_runs_on_cpu(hub_folder, server):
     if torch.cuda.is_available():
         pytest.skip("CUDA present")

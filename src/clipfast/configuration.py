@@ -210,7 +210,7 @@ class PretrainedConfig:
             if key.startswith("_") and key != "_name_or_path":
                 continue
             out[key] = value.to_dict() if isinstance(value, PretrainedConfig) else copy.deepcopy(value)
-        out["id2label"] = {str(k): v for k, v in self.id2label.items()}
+        out["id2label"] = dict(self.id2label)  # int keys, as the reference's to_dict (JSON writes them as strings)
         out["model_type"] = self.model_type
         if not out.get("_name_or_path"):
             out.pop("_name_or_path", None)

@@ -126,7 +126,7 @@ def from_pretrained(cls: type, pretrained_model_name_or_path: str | os.PathLike,
 def config_from_dict(cls: type, full: dict[str, Any], source: str) -> PretrainedConfig:
     """The config ``cls`` needs out of a checkpoint's config dict (a tower's sub-config out of a CLIPConfig)."""
     data = cls.config_class._select(full, source)
-    if data is not full and "projection_dim" in full:
+    if data is not full and "projection_dim" in full and cls.__name__.endswith("WithProjection"):
         # a tower with projection taken out of a CLIPModel checkpoint: the projection there is the
         # composite's projection_dim (sub-configs of some checkpoints carry a stale default)
         data = {**data, "projection_dim": full["projection_dim"]}

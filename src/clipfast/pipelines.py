@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterator
+from itertools import islice
 from typing import Any, Iterable
 
 import torch
@@ -93,7 +95,8 @@ class ZeroShotImageClassificationPipeline:
     def __call__(self, image: Any = None, candidate_labels: Any = None, *, images: Any = None,
                  hypothesis_template: str = DEFAULT_TEMPLATE, top_k: int | None = None,
                  batch_size: int | None = None, timeout: float | None = None, **kwargs: Any) -> Any:
-        """Classify one image (-> list of dicts) or a list of images (-> list of lists)."""
+        """Classify one image (-> list of dicts), a list of images (-> list of lists), or a generator / iterator
+        of images (-> a generator of results, one per image, as transformers streams them)."""
         image = images if image is None else image
         if image is None:
             raise InputError("Give an image: a path, an http(s) URL, base64 / data URI, a PIL image, or a list.")
@@ -102,10 +105,27 @@ class ZeroShotImageClassificationPipeline:
             raise TypeError(f"Unexpected arguments {sorted(kwargs)}; the pipeline takes candidate_labels, "
                             "hypothesis_template, top_k, batch_size and timeout.")
         labels = _as_labels(candidate_labels)
+        batch = batch_size or self.batch_size or AUTO_BATCH_SIZE
+        if isinstance(image, Iterator):
+            return self._stream(image, labels, hypothesis_template, top_k, batch, timeout)
         single = not isinstance(image, (list, tuple))
-        results = self.classify([image] if single else list(image), labels, hypothesis_template, top_k,
-                                batch_size or self.batch_size or AUTO_BATCH_SIZE, timeout)
+        results = self.classify([image] if single else list(image), labels, hypothesis_template, top_k, batch,
+                                timeout)
         return results[0] if single else results
+
+    def _stream(self, images: Iterator[Any], labels: list[str], hypothesis_template: str, top_k: int | None,
+                batch_size: int, timeout: float | None) -> Iterator[list[dict[str, Any]]]:
+        """Results for an iterator of images, ``batch_size`` images at a time; the labels are encoded once, now
+        (so that a bad template fails here, not at the first ``next``)."""
+        prompts = [_fill(hypothesis_template, label) for label in labels]
+        text_embeds = self.text_embeddings(prompts)
+
+        def results() -> Iterator[list[dict[str, Any]]]:
+            while chunk := list(islice(images, batch_size)):
+                yield from self.classify(chunk, labels, hypothesis_template, top_k, batch_size, timeout,
+                                         text_embeds=text_embeds)
+
+        return results()
 
     @torch.inference_mode()
     def classify(self, images: Iterable[Any], labels: list[str], hypothesis_template: str = DEFAULT_TEMPLATE,
@@ -115,12 +135,7 @@ class ZeroShotImageClassificationPipeline:
         ``text_embeds`` from :meth:`text_embeddings`, by callers that classify in several calls)."""
         from clipfast.image_io import DEFAULT_TIMEOUT, load_images
 
-        try:
-            prompts = [hypothesis_template.format(label) for label in labels]
-        except (KeyError, IndexError, ValueError) as exc:
-            raise InputError(f"hypothesis_template={hypothesis_template!r} cannot take a label ({exc!r}): it "
-                             "needs one {} where the label goes and no other {...} fields (write {{ }} for braces)."
-                             ) from None
+        prompts = [_fill(hypothesis_template, label) for label in labels]
         # prompts with equal token ids ("cat", "Cat", "cat ") share one logit column: bit-equal scores, which
         # tie in candidate order
         unique, inverse = self._distinct_prompts(prompts)
@@ -178,6 +193,15 @@ class ZeroShotImageClassificationPipeline:
         self.model.save_pretrained(save_directory, **kwargs)
         self.tokenizer.save_pretrained(save_directory)
         self.image_processor.save_pretrained(save_directory)
+
+
+def _fill(template: str, label: str) -> str:
+    """``template.format(label)``, with a clear error for a template that cannot take one label."""
+    try:
+        return template.format(label)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise InputError(f"hypothesis_template={template!r} cannot take a label ({exc!r}): it needs one {{}} where "
+                         "the label goes and no other {...} fields (write {{ }} for braces).") from None
 
 
 def _softmax_columns(logits: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
