@@ -24,6 +24,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd import forward_ad
 from torch.nn.modules import module as _torch_module  # the global forward-hook registries
 
 from clipfast.configuration import CLIPConfig, CLIPTextConfig, CLIPVisionConfig, PretrainedConfig
@@ -274,11 +275,9 @@ def _activation(name: str) -> nn.Module:
     return Activation(name)
 
 
-def _folds_quick_gelu(activation: Any) -> bool:
+def _folds_quick_gelu(activation: nn.Module) -> bool:
     """Whether the MLP may fold this activation into its matmuls: quick_gelu, not hooked (hooks see it called)."""
-    if isinstance(activation, Activation):
-        return activation.fn is quick_gelu and not _hooked(activation)
-    return activation is quick_gelu
+    return isinstance(activation, Activation) and activation.fn is quick_gelu and not _hooked(activation)
 
 
 def eager_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
@@ -501,8 +500,6 @@ def _graph_capture() -> bool:
 def _forward_ad_active() -> bool:
     """Inside forward-mode AD (``torch.func.jvp``/``jacfwd``, ``forward_ad.dual_level``) or another functorch
     transform: MKL's packed product has no forward-AD formula."""
-    from torch.autograd import forward_ad
-
     return forward_ad._current_level >= 0 or torch._C._functorch.maybe_current_level() is not None
 
 
@@ -646,7 +643,6 @@ class CLIPVisionEmbeddings(nn.Module):
             return embeddings + self.interpolate_pos_encoding(embeddings, height, width)
         return embeddings + self.position_embedding.weight.unsqueeze(0)
 
-
     def _pack(self) -> dict[str, _PackedLinear]:
         """The patch convolution's weight as a packed (D, C*p*p) matrix (CPU inference)."""
         weight = self.patch_embedding.weight
@@ -770,8 +766,8 @@ class CLIPMLP(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         folds = _folds_quick_gelu(self.activation_fn)
-        packs = _cpu_packs(self, hidden_states, [self.fc1, self.fc2], self._pack,
-                           salt=(id(self.activation_fn), getattr(self.activation_fn, "fn", None), folds))
+        # the packs depend on the activation only through the fold (its 1.702 is in them)
+        packs = _cpu_packs(self, hidden_states, [self.fc1, self.fc2], self._pack, salt=folds)
         if packs is not None:
             hidden = packs["fc1"](hidden_states)
             if folds:  # the packs hold 1.702 W1, 1.702 b1 and W2 / 1.702
