@@ -140,7 +140,7 @@ class ZeroShotImageClassificationPipeline:
         # tie in candidate order
         unique, inverse = self._distinct_prompts(prompts)
         if text_embeds is None:
-            text_embeds = self.text_embeddings([prompts[i] for i in unique])
+            text_embeds = self._encode_texts([prompts[i] for i in unique])
         elif len(unique) < len(prompts):
             text_embeds = text_embeds[torch.tensor(unique, device=text_embeds.device)]
         scale = self.model.logit_scale.exp()
@@ -174,12 +174,16 @@ class ZeroShotImageClassificationPipeline:
         Each distinct token sequence is encoded once, so texts that tokenize alike get bit-equal embeddings (a
         row's last bits may otherwise depend on its position in the batch)."""
         unique, columns = self._distinct_prompts(texts)
-        # truncation keeps EOS: a label longer than 77 tokens is cut instead of failing the whole call
-        tokens = self.tokenizer([texts[i] for i in unique], padding=True, truncation=True,
-                                return_tensors="pt").to(self.device)
-        embeds = self.model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
-        embeds = embeds / embeds.norm(p=2, dim=-1, keepdim=True)
+        embeds = self._encode_texts([texts[i] for i in unique])
         return embeds if len(unique) == len(texts) else embeds[columns.to(embeds.device)]
+
+    @torch.inference_mode()
+    def _encode_texts(self, texts: list[str]) -> torch.Tensor:
+        """L2-normalised embeddings of ``texts``, one row each (callers pass distinct token sequences)."""
+        # truncation keeps EOS: a label longer than 77 tokens is cut instead of failing the whole call
+        tokens = self.tokenizer(texts, padding=True, truncation=True, return_tensors="pt").to(self.device)
+        embeds = self.model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
+        return embeds / embeds.norm(p=2, dim=-1, keepdim=True)
 
     @torch.inference_mode()
     def image_embeddings(self, images: list[Any]) -> torch.Tensor:
