@@ -410,7 +410,7 @@ def _merge_legacy(cls: type, config: dict | PretrainedConfig | None, legacy: dic
     if legacy is None:
         return config
     base = config.to_dict() if isinstance(config, PretrainedConfig) else dict(config or {})
-    full = cls(**{k: v for k, v in legacy.items() if k not in _DROPPED_ON_LOAD and k != "model_type"}).to_dict()
+    full = cls(**{k: v for k, v in legacy.items() if k not in _DROPPED_ON_LOAD}).to_dict()
     base.update({k: v for k, v in full.items() if k not in _DROPPED_ON_LOAD})
     return base
 

@@ -1130,7 +1130,7 @@ class CLIPTokenizer(TokenizerBase):
         if isinstance(ids, int):
             return self._id_token(int(ids))
         special = set(self.all_special_ids) if skip_special_tokens else set()
-        return [self._id_token(int(i)) for i in _to_py(ids) if int(i) not in special]
+        return [self._id_token(int(i)) for i in ids if int(i) not in special]
 
     def _id_token(self, index: int) -> str | None:
         """The token of one id; None for an id outside the vocabulary, as the reference."""
