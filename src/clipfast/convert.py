@@ -572,9 +572,7 @@ class Checkpoint:
         from clipfast.tokenization_fast import CLIPTokenizerFast
 
         if self.tokenizer_name:
-            raise CheckpointError(f"{self.source!r} uses the tokenizer {self.tokenizer_name!r}; clipfast ships "
-                                  "OpenAI's BPE only. Load the model with CLIPModel.from_pretrained and the "
-                                  "tokenizer with the library that provides it.")
+            raise _foreign_tokenizer(self.source, self.tokenizer_name)
         if self.format == "hf":
             return CLIPTokenizerFast.from_pretrained(self.source, **self.hub_kwargs)
         return CLIPTokenizerFast.from_openai_vocab(
@@ -655,11 +653,23 @@ def stored_dtype(state_dict: dict[str, torch.Tensor]) -> torch.dtype:
     return max(counts, key=counts.__getitem__) if counts else torch.float32
 
 
-def _from_open_clip(state_dict: dict[str, torch.Tensor], cfg: dict[str, Any], source: str) -> Checkpoint:
-    """An open_clip state dict with its config (plain model config, or ``{"model_cfg", "preprocess_cfg"}``)."""
+def _foreign_tokenizer(source: str, name: str) -> CheckpointError:
+    """The error for an open_clip model whose tokenizer is not OpenAI's BPE (clipfast ships only that one)."""
+    return CheckpointError(f"{source!r} uses the tokenizer {name!r}; clipfast ships OpenAI's BPE only. Load the "
+                           "model with CLIPModel.from_pretrained and the tokenizer with the library that provides it.")
+
+
+def _model_cfg(cfg: dict[str, Any], source: str) -> dict[str, Any]:
+    """The model config out of an open_clip config file (plain, or ``{"model_cfg", "preprocess_cfg"}``)."""
     model_cfg = cfg.get("model_cfg", cfg)
     if not isinstance(model_cfg, dict) or not {"vision_cfg", "text_cfg"} <= set(model_cfg):
         raise CheckpointError(f"The open_clip config of {source!r} lacks vision_cfg / text_cfg.")
+    return model_cfg
+
+
+def _from_open_clip(state_dict: dict[str, torch.Tensor], cfg: dict[str, Any], source: str) -> Checkpoint:
+    """An open_clip state dict with its config (plain model config, or ``{"model_cfg", "preprocess_cfg"}``)."""
+    model_cfg = _model_cfg(cfg, source)
     check_open_clip_config(model_cfg)
     ours = openai_to_hf(state_dict)
     preprocess = dict(cfg.get("preprocess_cfg") or {})
@@ -772,13 +782,10 @@ def open_clip_processor(name: str | os.PathLike, **hub_kwargs: Any) -> Any:
 
     name = os.fspath(name).removeprefix(HUB_PREFIX)
     cfg = hub.read_json(hub.resolve_file(name, OPEN_CLIP_CONFIG, **hub_kwargs))  # type: ignore[arg-type]
-    model_cfg = cfg.get("model_cfg", cfg)
-    if not isinstance(model_cfg, dict) or not {"vision_cfg", "text_cfg"} <= set(model_cfg):
-        raise CheckpointError(f"The open_clip config of {name!r} lacks vision_cfg / text_cfg.")
+    model_cfg = _model_cfg(cfg, name)
     text, vision = model_cfg["text_cfg"] or {}, model_cfg["vision_cfg"] or {}
     if text.get("hf_tokenizer_name"):
-        raise CheckpointError(f"{name!r} uses the tokenizer {text['hf_tokenizer_name']!r}; clipfast ships OpenAI's "
-                              "BPE only. Load that tokenizer with the library that provides it.")
+        raise _foreign_tokenizer(name, text["hf_tokenizer_name"])
     image_size = vision.get("image_size", 224)
     if isinstance(image_size, (list, tuple)):
         if len(set(image_size)) != 1:

@@ -326,13 +326,18 @@ def _device(device_map: Any) -> torch.device:
     return torch.device(device_map)
 
 
+def refuse_push_to_hub() -> None:
+    """clipfast never uploads: the error for ``push_to_hub``, with what to do instead."""
+    raise NotImplementedError("push_to_hub is not supported by clipfast: save_pretrained(folder), then upload it "
+                              "with huggingface_hub.upload_folder(repo_id=..., folder_path=folder).")
+
+
 def save_pretrained(model: CLIPPreTrainedModel, save_directory: str | os.PathLike, *,
                     safe_serialization: bool = True, max_shard_size: int | str = "5GB",
                     state_dict: dict[str, torch.Tensor] | None = None, **kwargs: Any) -> None:
     """Write config.json and model.safetensors (sharded above ``max_shard_size``)."""
     if kwargs.get("push_to_hub"):
-        raise NotImplementedError("push_to_hub is not supported by clipfast: save_pretrained(folder), then upload "
-                                  "it with huggingface_hub.upload_folder(repo_id=..., folder_path=folder).")
+        refuse_push_to_hub()
     if os.path.isfile(save_directory):
         raise CheckpointError(f"save_pretrained needs a folder, but {os.fspath(save_directory)!r} is a file.")
     os.makedirs(save_directory, exist_ok=True)

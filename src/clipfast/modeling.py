@@ -1086,8 +1086,9 @@ class CLIPPreTrainedModel(nn.Module):
     def push_to_hub(self, *args: Any, **kwargs: Any) -> None:
         """Not supported: clipfast never uploads. Save with ``save_pretrained`` and upload the folder with
         ``huggingface_hub.upload_folder``."""
-        raise NotImplementedError("push_to_hub is not supported by clipfast: save_pretrained(folder), then upload "
-                                  "it with huggingface_hub.upload_folder(repo_id=..., folder_path=folder).")
+        from clipfast.loading import refuse_push_to_hub
+
+        refuse_push_to_hub()
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
