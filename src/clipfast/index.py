@@ -139,7 +139,7 @@ class IndexWriter:
         """Open both files for appending, cutting them back to the last complete row."""
         row_bytes = self.dim * _ROW_BYTES_DTYPE.itemsize
         vectors_path, ids_path = self.folder / VECTORS, self.folder / IDS
-        if not ids and (not vectors_path.exists() or vectors_path.stat().st_size < _HEADER_SIZE):
+        if not ids and _no_header(vectors_path):
             _write_atomic(vectors_path, _npy_header(0, self.dim))  # new, or killed before its first header
         if not vectors_path.exists():
             raise InputError(f"{str(vectors_path)!r} is missing but {str(ids_path)!r} lists {len(ids)} rows; "
@@ -188,6 +188,11 @@ class IndexWriter:
         self.close()
 
 
+def _no_header(path: Path) -> bool:
+    """Whether ``embeddings.npy`` is missing or shorter than its header (a run killed before writing it)."""
+    return not path.exists() or path.stat().st_size < _HEADER_SIZE
+
+
 def _id_line(item_id: str) -> str:
     """One ids.jsonl line. An id that UTF-8 cannot encode (a file name with undecodable bytes, which Python holds
     as lone surrogates) is written with JSON escapes, which read back to the same string."""
@@ -232,8 +237,8 @@ def open_index(folder: str | os.PathLike) -> Index:
     meta = read_meta(folder)
     ids, _ = _complete_ids(Path(folder) / IDS)
     path = Path(folder) / VECTORS
-    if not ids and (not path.exists() or path.stat().st_size < _HEADER_SIZE):
-        return Index(ids, np.zeros((0, int(meta.get("dim", 0))), dtype=np.float32), meta)  # nothing stored yet
+    if not ids and _no_header(path):
+        return Index(ids, np.zeros((0, int(meta["dim"])), dtype=np.float32), meta)  # nothing stored yet
     try:
         vectors = np.load(path, mmap_mode="r")
     except (OSError, ValueError, EOFError) as exc:
