@@ -2,10 +2,10 @@
 
 Runs, interleaved round by round: transformers' CLIPImageProcessor (its reference path: PIL open + convert +
 processor), open_clip's eval transform (when installed), our CLIPImageProcessor and our CLIPImageProcessorFast
-(both fed by ``load_images``, threaded, one batch at a time), CLIPImageProcessorFast fed by ``iter_image_batches``
-(load and preprocess fused per image on the thread pool, one batch prepared ahead), and CLIPImageProcessorFast on
-CUDA when there is a GPU. Prints a table with ratios to the reference and writes
-benchmarks/results/image_processing.json.
+called on each batch's file paths (each image loaded and preprocessed in one task on the thread pool), the same
+fed PIL images by ``load_images`` (loading, then preprocessing), CLIPImageProcessorFast fed by
+``iter_image_batches`` (one batch prepared ahead), and CLIPImageProcessorFast on CUDA when there is a GPU.
+Prints a table with ratios to the reference and writes benchmarks/results/image_processing.json.
 
     python benchmarks/bench_image_processing.py [--images 256] [--batch 64] [--rounds 3]
 """
@@ -59,7 +59,8 @@ def _open_clip_runner():
     return run
 
 
-def _ours_runner(cls_name: str, device: str | None = None):
+def _ours_runner(cls_name: str, device: str | None = None, preload: bool = False):
+    """Our processor called on each batch's paths, or (``preload``) on the PIL images ``load_images`` returns."""
     import clipfast.image_processing as ip
     from clipfast.image_io import load_images
 
@@ -68,7 +69,8 @@ def _ours_runner(cls_name: str, device: str | None = None):
 
     def run(paths, batch):
         for start in range(0, len(paths), batch):
-            processor(load_images(paths[start:start + batch]), return_tensors="pt", **kwargs)["pixel_values"]
+            chunk = [str(path) for path in paths[start:start + batch]]
+            processor(load_images(chunk) if preload else chunk, return_tensors="pt", **kwargs)["pixel_values"]
         if device == "cuda":
             import torch
 
@@ -105,6 +107,8 @@ def main() -> None:
     runners = {"transformers CLIPImageProcessor": _reference_runner(),
                "clipfast CLIPImageProcessor": _ours_runner("CLIPImageProcessor"),
                "clipfast CLIPImageProcessorFast (cpu)": _ours_runner("CLIPImageProcessorFast"),
+               "clipfast CLIPImageProcessorFast (cpu, load_images first)": _ours_runner("CLIPImageProcessorFast",
+                                                                                       preload=True),
                "clipfast CLIPImageProcessorFast (cpu, iter_image_batches)": _iter_runner("CLIPImageProcessorFast")}
     if torch.cuda.is_available():
         runners["clipfast CLIPImageProcessorFast (cuda)"] = _ours_runner("CLIPImageProcessorFast", "cuda")

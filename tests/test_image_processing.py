@@ -275,6 +275,43 @@ def test_paths_are_loaded_as_the_reference_loads_them(tmp_path):
             assert np.abs(processor(str(path), return_tensors="np")["pixel_values"] - want).max() <= 1e-6
 
 
+@pytest.mark.parametrize("options", [{}, {"return_tensors": None}, {"return_tensors": "pt"},
+                                     {"do_center_crop": False, "return_tensors": None},
+                                     {"do_normalize": False, "do_rescale": False, "data_format": "channels_last"},
+                                     {"crop_size": {"height": 100, "width": 180}, "size": {"shortest_edge": 150}}])
+def test_lists_of_paths_load_and_process_per_image_on_the_pool(tmp_path, options):
+    """A list of sources takes one fused load + preprocess task per image: the same numbers, types and shapes as
+    loading first (and, for the exact class, as the reference on the loaded images)."""
+    from clipfast.image_io import load_image
+
+    paths = image_fixtures.photos(tmp_path)[:6]
+    sources = [str(paths[0]), paths[1], paths[2].read_bytes(), *map(str, paths[3:])]
+    loaded = [load_image(path) for path in paths]
+    options = dict({"return_tensors": "np"}, **options)
+    for processor in _ours():
+        got = processor(sources, **options)["pixel_values"]
+        expected = processor(loaded, **options)["pixel_values"]
+        assert type(got) is type(expected) and len(got) == len(expected)
+        for a, b in zip(got, expected):
+            assert type(a) is type(b) and a.dtype == b.dtype and np.array_equal(np.asarray(a), np.asarray(b))
+    if options.get("data_format") is None and options.get("do_center_crop", True):
+        options["return_tensors"] = "np"
+        want = transformers.CLIPImageProcessor()(loaded, **options)["pixel_values"]
+        assert _max_diff(CLIPImageProcessor()(sources, **options)["pixel_values"], want) <= 1e-6
+
+
+def test_a_bad_source_in_a_list_names_itself(tmp_path):
+    good = tmp_path / "good.png"
+    image_fixtures.sample("coffee").save(good)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    for processor in _ours():
+        with pytest.raises(ImageLoadError, match="bad.jpg"):
+            processor([good, bad, good, str(tmp_path / "missing.png")])
+        with pytest.raises(ImageLoadError, match="missing.png"):
+            processor([good, str(tmp_path / "missing.png"), np.zeros((5, 5, 3), np.uint8)])
+
+
 def test_truncated_jpeg_is_a_clear_error(tmp_path):
     from clipfast.image_io import load_image
 

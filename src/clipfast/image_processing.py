@@ -201,8 +201,12 @@ def _is_image(obj: Any) -> bool:
     return torch is not None and isinstance(obj, torch.Tensor)
 
 
+_SOURCES = (str, bytes, bytearray, memoryview, os.PathLike)  # what load_image decodes: paths, URLs, base64, bytes
+
+
 def _flatten_images(images: Any) -> list[Any]:
-    """One flat list of 3-D images from a single image, a list, a nested list or a 4-D batch."""
+    """One flat list of 3-D images from a single image, a list, a nested list or a 4-D batch. Sources (paths,
+    URLs, base64, bytes) stay as they are, to be loaded by :func:`_load_sources` or a fused per-image task."""
     if isinstance(images, (list, tuple)):
         if not images:
             raise InputError("Got an empty list of images; pass at least one image.")
@@ -214,13 +218,11 @@ def _flatten_images(images: Any) -> list[Any]:
 
 
 def _split_batch(image: Any) -> list[Any]:
-    """A 4-D array/tensor is a batch; a 3-D one or a PIL image is one image; anything else is an error."""
+    """A 4-D array/tensor is a batch; a 3-D one, a PIL image or a source is one image; anything else is an error."""
     from PIL import Image
 
-    if isinstance(image, (str, bytes, os.PathLike)):
-        from clipfast.image_io import load_image
-
-        image = load_image(image)  # a path, URL, base64 or data URI, as the reference's processors accept
+    if isinstance(image, _SOURCES):
+        return [image]
     if isinstance(image, Image.Image):
         if image.width == 0 or image.height == 0:
             raise InputError(f"Got an empty image ({image.width}x{image.height} pixels).")
@@ -236,6 +238,47 @@ def _split_batch(image: Any) -> list[Any]:
     if 0 in tuple(image.shape):
         raise InputError(f"Got an empty image of shape {tuple(image.shape)}.")
     return [image]
+
+
+def _load_source(image: Any) -> Any:
+    """A source decoded to an RGB PIL image (as the reference's processors load paths and URLs); images as they are."""
+    if not isinstance(image, _SOURCES):
+        return image
+    from clipfast.image_io import load_image
+
+    return _split_batch(load_image(image))[0]  # (the check for an empty image)
+
+
+def _load_sources(images: list[Any]) -> list[Any]:
+    """Every source in ``images`` loaded, several on the thread pool at once (downloads and decodes overlap)."""
+    if not any(isinstance(image, _SOURCES) for image in images):
+        return images
+    return _map(_load_source, images)
+
+
+def _fused_sources(images: list[Any], plan: tuple | None, opts: dict[str, Any], as_numpy: bool
+                   ) -> "BatchFeature | None":
+    """When every image is a source and ``plan`` (an ``_image_fn`` triple) applies, load and preprocess each image
+    in one pool task, written into its row of one preallocated batch: decoding one image overlaps resizing
+    another, with no barrier between loading and processing. None when this does not apply (a forced
+    ``input_data_format`` takes the general path, which honours it)."""
+    if plan is None or len(images) < 2 or opts["input_data_format"] is not None \
+            or not all(isinstance(image, _SOURCES) for image in images):
+        return None
+    return_tensors = opts["return_tensors"]
+    run, shape, dtype = plan
+    out = batch_buffer(len(images), shape, dtype) if shape is not None else None
+
+    def task(pair: tuple[int, Any]) -> Any:
+        index, source = pair
+        return run(_load_source(source), None if out is None else out[index])
+
+    results = _map(task, list(enumerate(images)))  # raises the first failure, in input order
+    if return_tensors is not None and out is not None:
+        return BatchFeature({"pixel_values": out}, tensor_type=return_tensors)
+    rows = list(out) if out is not None else results
+    return BatchFeature({"pixel_values": [row.numpy() for row in rows] if as_numpy else rows},
+                        tensor_type=return_tensors)
 
 
 def _to_numpy(image: Any) -> np.ndarray:
@@ -587,22 +630,29 @@ class CLIPImageProcessor(_CLIPImageProcessorBase):
         them and 4-D batches. ``return_tensors`` is ``"pt"``, ``"np"`` or None (a list of arrays).
         """
         opts = self._options(kwargs)
-        processed = _pillow_pipeline(_flatten_images(images), opts)
+        images = _flatten_images(images)
+        fused = _fused_sources(images, self._plan(opts), opts, as_numpy=True)
+        if fused is not None:
+            return fused
+        processed = _pillow_pipeline(_load_sources(images), opts)
         return BatchFeature({"pixel_values": processed}, tensor_type=opts["return_tensors"])
 
     def _image_fn(self, kwargs: dict[str, Any]) -> tuple[Any, tuple[int, ...] | None, Any] | None:
         """(run, shape, dtype) for :func:`clipfast.image_io.iter_image_batches`: ``run(image, out=None)`` gives one
         RGB PIL image's pixel values as a tensor (written into ``out`` when given); ``shape`` is every output's
         shape (None unless center-cropping) and ``dtype`` their dtype. Same numbers as :meth:`preprocess`."""
+        return self._plan(self._options(kwargs))
+
+    def _plan(self, opts: dict[str, Any]) -> tuple[Any, tuple[int, ...] | None, Any]:
+        """:meth:`_image_fn` for already resolved call options."""
         import torch
 
-        opts = self._options(kwargs)
         tables = {(3, False): _lookup_table(3, opts, False)}
         dtype = torch.uint8 if tables[(3, False)] is None else torch.float32
 
         def run(image: Any, out: "torch.Tensor | None" = None) -> "torch.Tensor":
             image = _convert_rgb(image) if opts["do_convert_rgb"] else image
-            pixels = torch.from_numpy(np.ascontiguousarray(_process_one(image, LAST, opts, tables)))
+            pixels = torch.from_numpy(np.require(_process_one(image, LAST, opts, tables), requirements=["C", "W"]))
             return pixels if out is None else out.copy_(pixels)
 
         return run, _rgb_output_shape(opts), dtype
@@ -955,6 +1005,10 @@ class CLIPImageProcessorFast(_CLIPImageProcessorBase):
         opts = self._options(kwargs)
         opts["device"] = kwargs.get("device", self.device)
         images = _flatten_images(images)
+        fused = _fused_sources(images, self._plan(opts), opts, as_numpy=False)
+        if fused is not None:
+            return fused
+        images = _load_sources(images)
         if _pillow_lane(images, opts):
             # on the CPU, Pillow's own SIMD resampler on a thread pool beats the same arithmetic in torch
             return BatchFeature({"pixel_values": _cpu_lane(images, opts)}, tensor_type=opts["return_tensors"])
@@ -975,9 +1029,11 @@ class CLIPImageProcessorFast(_CLIPImageProcessorBase):
         :meth:`CLIPImageProcessor._image_fn`; None when the target device is not the CPU."""
         opts = self._options(kwargs)
         opts["device"] = kwargs.get("device", self.device)
-        if not _pillow_lane([], opts):
-            return None
-        return _cpu_lane_fn(opts)
+        return self._plan(opts)
+
+    def _plan(self, opts: dict[str, Any]) -> tuple[Any, tuple[int, ...] | None, Any] | None:
+        """:meth:`_image_fn` for already resolved call options."""
+        return _cpu_lane_fn(opts) if _pillow_lane([], opts) else None
 
 
 def _pillow_lane(images: list[Any], opts: dict[str, Any]) -> bool:
