@@ -508,9 +508,60 @@ def _add_convert(commands: argparse._SubParsersAction) -> None:
     _add_debug(parser)
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# serve
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve embeddings and zero-shot classification over HTTP (JSON).
+
+    Endpoints: GET /health, GET /info, POST /embed {"texts": [...], "images": [...]}, POST /classify
+    {"images": [...], "labels": [...]}, and POST /v1/embeddings (OpenAI's request and response, for texts).
+    Images are base64 or data URIs; http(s) URLs only with --allow-urls; file paths never. Listens on
+    127.0.0.1 unless --host says otherwise. Stop with Ctrl-C.
+    """
+    import logging
+
+    from clipfast.server import make_server
+
+    _check_batch_size(args)
+    if not 0 <= args.port <= 65535 or args.max_body_mb <= 0 or args.max_items < 1:
+        args.parser.error("--port must be 0-65535, --max-body-mb positive and --max-items at least 1")
+    model = _model_name(args)
+    clip = _load_pipeline(model, args)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    try:
+        server = make_server(clip, host=args.host, port=args.port, model_name=model, allow_urls=args.allow_urls,
+                             max_body=int(args.max_body_mb * 1024 * 1024), max_items=args.max_items,
+                             batch_size=args.batch_size)
+    except OSError as exc:
+        raise ClipfastError(f"Cannot listen on {args.host}:{args.port}: {exc.strerror or exc}.") from None
+    host, port = server.server_address[:2]
+    print(f"clipfast: serving {model} on http://{host}:{port} (Ctrl-C stops)", file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("clipfast: stopped", file=sys.stderr)
+    finally:
+        server.server_close()
+    return 0
+
+
+def add_serve_parser(subparsers: Any) -> None:
+    parser = _subparser(subparsers, "serve", cmd_serve)
+    _add_model_options(parser)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
+    parser.add_argument("--allow-urls", action="store_true", help="fetch http(s) image URLs that clients send")
+    parser.add_argument("--max-body-mb", type=float, default=64, help="largest request body (default: 64)")
+    parser.add_argument("--max-items", type=int, default=1024,
+                        help="most texts, images and labels per request (default: 1024)")
+
+
 # further commands register themselves here: one _add_* function each
 _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    add_classify_parser, add_embed_parser, add_search_parser, add_info_parser, _add_convert]
+    add_classify_parser, add_embed_parser, add_search_parser, add_info_parser, _add_convert,
+    add_serve_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,345 @@
+"""``clipfast serve``: an HTTP JSON API for embeddings and zero-shot classification, over the pipeline.
+
+Standard library only (``http.server``): one thread per connection, images decoded outside the model lock, one
+model call at a time (each already uses every core). :class:`ClipService` holds the logic on plain dicts, so it
+runs and is tested without sockets; :func:`make_server` puts HTTP around it.
+
+Endpoints (JSON in, JSON out; errors are ``{"error": "..."}`` with a 4xx status):
+
+- ``GET /health``: ``{"status": "ok"}``.
+- ``GET /info``: the model, its embedding size, image size, context length, device and dtype.
+- ``POST /embed``: ``{"texts": [...], "images": [...], "truncate": false}`` -> ``{"text_embeddings": [[...]],
+  "image_embeddings": [[...]], "dim": E}``; L2-normalised, in input order; either list may be left out.
+- ``POST /classify``: ``{"images": [...], "labels": [...], "top_k": null, "hypothesis_template": "..."}`` ->
+  ``{"results": [[{"label", "score"}, ...], ...]}``, one ranked list per image, as the pipeline returns.
+- ``POST /v1/embeddings``: OpenAI's embeddings request for texts (``input``: a string or a list of strings,
+  ``encoding_format``: ``"float"`` or ``"base64"``) and its response shape.
+
+Images are base64 strings or ``data:image/...;base64,`` URIs. http(s) URLs are fetched only when the server was
+started with ``allow_urls=True`` (a server that fetches any URL a client names can be made to probe its own
+network), and local file paths are never read. A text longer than the model's context is an error unless the
+request says ``"truncate": true``.
+
+Example:
+    >>> server = make_server(clipfast.pipeline(model="openai/clip-vit-base-patch32"), port=8000)  # doctest: +SKIP
+    >>> server.serve_forever()                                                                      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any, Callable
+
+from clipfast.errors import ClipfastError
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_BODY = 64 * 1024 * 1024  # base64 images are ~4/3 of their files
+DEFAULT_MAX_ITEMS = 1024
+_READ_TIMEOUT = 30.0  # seconds a client may take to send its request: a stalled client frees its thread
+
+
+class RequestError(ClipfastError, ValueError):
+    """A request the server refuses; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int = HTTPStatus.BAD_REQUEST) -> None:
+        super().__init__(message)
+        self.status = int(status)
+
+
+class ClipService:
+    """The API on plain dicts: each public method takes a parsed JSON body and returns a JSON-ready dict.
+
+    Args:
+        clip: a :class:`~clipfast.pipelines.ZeroShotImageClassificationPipeline` (model, tokenizer, processor).
+        model_name: what ``/info`` and ``/v1/embeddings`` call the model.
+        allow_urls: fetch http(s) image URLs (off by default, see the module docstring).
+        max_items: most texts plus images one request may carry.
+        batch_size: texts or images per model call.
+    """
+
+    def __init__(self, clip: Any, model_name: str = "clip", allow_urls: bool = False,
+                 max_items: int = DEFAULT_MAX_ITEMS, batch_size: int = 32) -> None:
+        self.clip = clip
+        self.model_name = model_name
+        self.allow_urls = allow_urls
+        self.max_items = max_items
+        self.batch_size = max(1, batch_size)
+        self._lock = threading.Lock()  # one model call at a time; decoding runs outside it
+
+    # -- endpoints ---------------------------------------------------------------------------------------------
+
+    def info(self, body: Any = None) -> dict[str, Any]:
+        """The model's name, embedding size, image size, context length, device and dtype."""
+        config = self.clip.model.config
+        return {"model": self.model_name, "dim": int(config.projection_dim),
+                "image_size": int(config.vision_config.image_size),
+                "context_length": int(config.text_config.max_position_embeddings),
+                "device": str(self.clip.device), "dtype": str(self.clip.model.dtype).replace("torch.", "")}
+
+    def embed(self, body: Any) -> dict[str, Any]:
+        """L2-normalised embeddings of ``texts`` and/or ``images``, in input order."""
+        body = _object(body, ("texts", "images", "truncate"))
+        texts = _strings(body, "texts", required=False)
+        images = _strings(body, "images", required=False)
+        if not texts and not images:
+            raise RequestError('Give "texts" and/or "images": lists of strings (images as base64 or data URIs).')
+        self._check_count(len(texts) + len(images))
+        truncate = _flag(body, "truncate")
+        loaded = self._load_images(images) if images else []
+        out: dict[str, Any] = {"dim": int(self.clip.model.config.projection_dim)}
+        if texts:
+            self._check_lengths(texts, truncate)
+            out["text_embeddings"] = self._batched(self.clip.text_embeddings, texts)
+        if images:
+            out["image_embeddings"] = self._batched(self.clip.image_embeddings, loaded)
+        return out
+
+    def classify(self, body: Any) -> dict[str, Any]:
+        """Zero-shot scores of every image against the labels, ranked, one list per image."""
+        from clipfast.pipelines import DEFAULT_TEMPLATE, _as_labels
+
+        body = _object(body, ("images", "labels", "top_k", "hypothesis_template"))
+        images = _strings(body, "images")
+        labels = _as_labels(_strings(body, "labels"))
+        self._check_count(len(images) + len(labels))
+        top_k = body.get("top_k")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise RequestError(f'"top_k" must be a positive integer or null, got {top_k!r}.')
+        template = body.get("hypothesis_template", DEFAULT_TEMPLATE)
+        if not isinstance(template, str):
+            raise RequestError(f'"hypothesis_template" must be a string, got {type(template).__name__}.')
+        loaded = self._load_images(images)
+        with self._lock:
+            results = self.clip.classify(loaded, labels, hypothesis_template=template, top_k=top_k,
+                                         batch_size=self.batch_size)
+        return {"results": results}
+
+    def openai_embeddings(self, body: Any) -> dict[str, Any]:
+        """OpenAI's ``POST /v1/embeddings`` for texts: the same request fields and response shape."""
+        body = _object(body, ("input", "model", "encoding_format", "dimensions", "user"))
+        if "input" not in body:
+            raise RequestError('Missing "input": a string or a list of strings.')
+        texts = [body["input"]] if isinstance(body["input"], str) else _strings(body, "input")
+        self._check_count(len(texts))
+        encoding = body.get("encoding_format") or "float"
+        if encoding not in ("float", "base64"):
+            raise RequestError(f'"encoding_format" must be "float" or "base64", got {encoding!r}.')
+        dim = int(self.clip.model.config.projection_dim)
+        if body.get("dimensions") not in (None, dim):
+            raise RequestError(f'This model\'s embeddings have {dim} dimensions; "dimensions" cannot change that '
+                               f"(got {body['dimensions']!r}).")
+        tokens = self._check_lengths(texts, truncate=False)
+        vectors = self._batched(self.clip.text_embeddings, texts, as_list=False)
+        data = [{"object": "embedding", "index": i,
+                 "embedding": _base64_floats(row) if encoding == "base64" else row.tolist()}
+                for i, row in enumerate(vectors)]
+        return {"object": "list", "data": data, "model": self.model_name,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+    # -- helpers -----------------------------------------------------------------------------------------------
+
+    def _check_count(self, count: int) -> None:
+        if count > self.max_items:
+            raise RequestError(f"A request may carry at most {self.max_items} texts, images and labels in all; "
+                               f"this one has {count}. Split it.", HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+
+    def _check_lengths(self, texts: list[str], truncate: bool) -> int:
+        """Refuse texts longer than the context unless ``truncate``; returns the tokens counted (for usage)."""
+        limit = int(self.clip.model.config.text_config.max_position_embeddings)
+        lengths = [len(ids) for ids in self.clip.tokenizer(texts)["input_ids"]]
+        if not truncate:
+            for index, length in enumerate(lengths):
+                if length > limit:
+                    raise RequestError(f"Text {index} is {length} tokens long; this model reads at most {limit} "
+                                       '(start and end tokens included). Shorten it, or send "truncate": true.')
+        return sum(min(length, limit) for length in lengths)
+
+    def _load_images(self, items: list[str]) -> list[Any]:
+        """Decode every image item (base64, data URI, or an allowed URL) on the thread pool; errors name the item."""
+        from clipfast.image_processing import _map
+
+        sources = [self._image_source(index, item) for index, item in enumerate(items)]
+        return _map(lambda pair: _load_item(*pair), list(enumerate(sources)))
+
+    def _image_source(self, index: int, item: str) -> Any:
+        """What :func:`~clipfast.image_io.load_image` gets for one item: bytes, or a URL when allowed; never a
+        path (``load_image`` would read a local file of that name)."""
+        from clipfast.image_io import _b64decode
+
+        if item.startswith(("http://", "https://")):
+            if not self.allow_urls:
+                raise RequestError(f"images[{index}] is a URL, and this server does not fetch URLs (start it with "
+                                   "--allow-urls); send the image as base64 instead.")
+            return item
+        if item.startswith("data:"):
+            header, _, data = item.partition(",")
+            if ";base64" not in header:
+                raise RequestError(f"images[{index}] is a data URI without ';base64'; send base64 image data.")
+            item = data
+        try:
+            return _b64decode(item, f"images[{index}]")
+        except ClipfastError as err:
+            raise RequestError(f"{err} Images are base64 strings or data:image/...;base64, URIs; this server does "
+                               "not read file paths.") from None
+
+    def _batched(self, encode: Callable[[list[Any]], Any], items: list[Any], as_list: bool = True) -> Any:
+        """``encode`` over ``items`` in batches, under the model lock; float32 rows (lists unless ``as_list``)."""
+        import torch
+
+        with self._lock:
+            parts = [encode(items[i:i + self.batch_size]).float().cpu() for i in range(0, len(items),
+                                                                                        self.batch_size)]
+        vectors = torch.cat(parts)
+        return vectors.tolist() if as_list else vectors
+
+
+def _load_item(index: int, source: Any) -> Any:
+    """One decoded image; a failure becomes a RequestError that names ``images[index]``."""
+    from clipfast.image_io import load_image
+
+    try:
+        return load_image(source)
+    except ClipfastError as err:
+        raise RequestError(f"images[{index}]: {err} Images are base64 strings or data:image/...;base64, URIs; this "
+                           "server does not read file paths.") from None
+
+
+def _object(body: Any, known: tuple[str, ...]) -> dict[str, Any]:
+    """The body as a dict; unknown fields are an error (a typo would otherwise be silently ignored)."""
+    if not isinstance(body, dict):
+        raise RequestError(f"The request body must be a JSON object, got {type(body).__name__}.")
+    unknown = sorted(set(body) - set(known))
+    if unknown:
+        raise RequestError(f"Unknown field(s) {', '.join(map(repr, unknown))}; this endpoint takes "
+                           f"{', '.join(map(repr, known))}.")
+    return body
+
+
+def _strings(body: dict[str, Any], key: str, required: bool = True) -> list[str]:
+    """``body[key]`` as a non-empty list of strings (an empty list when absent and not ``required``)."""
+    value = body.get(key)
+    if value is None and not required:
+        return []
+    if not isinstance(value, list) or not value or not all(isinstance(item, str) for item in value):
+        raise RequestError(f'"{key}" must be a non-empty list of strings, got '
+                           f"{json.dumps(value)[:80] if value is not None else 'nothing'}.")
+    return value
+
+
+def _flag(body: dict[str, Any], key: str) -> bool:
+    value = body.get(key, False)
+    if not isinstance(value, bool):
+        raise RequestError(f'"{key}" must be true or false, got {value!r}.')
+    return value
+
+
+def _base64_floats(row: "torch.Tensor") -> str:
+    """One embedding as OpenAI's ``encoding_format="base64"`` sends it: little-endian float32 bytes, base64."""
+    return base64.b64encode(row.numpy().astype("<f4").tobytes()).decode("ascii")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# HTTP
+
+
+def make_server(clip: Any, host: str = "127.0.0.1", port: int = 8000, model_name: str = "clip",
+                allow_urls: bool = False, max_body: int = DEFAULT_MAX_BODY, max_items: int = DEFAULT_MAX_ITEMS,
+                batch_size: int = 32) -> ThreadingHTTPServer:
+    """An HTTP server (not started: call ``serve_forever()``) answering the endpoints of the module docstring.
+
+    ``port=0`` picks a free port (``server.server_address`` tells which). ``max_body`` caps request bodies, in
+    bytes (413 above it).
+    """
+    service = ClipService(clip, model_name=model_name, allow_urls=allow_urls, max_items=max_items,
+                          batch_size=batch_size)
+    routes = {("GET", "/health"): lambda body: {"status": "ok"}, ("GET", "/info"): service.info,
+              ("POST", "/embed"): service.embed, ("POST", "/classify"): service.classify,
+              ("POST", "/v1/embeddings"): service.openai_embeddings}
+    handler = type("ClipHandler", (_Handler,), {"routes": routes, "max_body": max_body})
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    server.service = service  # type: ignore[attr-defined]
+    return server
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Routes a request to its endpoint and turns every outcome into a JSON answer."""
+
+    routes: dict[tuple[str, str], Callable[[Any], dict[str, Any]]] = {}
+    max_body = DEFAULT_MAX_BODY
+    timeout = _READ_TIMEOUT
+    protocol_version = "HTTP/1.1"
+    server_version = "clipfast"
+
+    def do_GET(self) -> None:  # noqa: N802 (the name http.server dispatches to)
+        self._answer("GET")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._answer("POST")
+
+    def _answer(self, method: str) -> None:
+        path = self.path.split("?", 1)[0].rstrip("/") or "/"
+        try:
+            endpoint = self.routes.get((method, path))
+            if endpoint is None:
+                raise self._no_route(method, path)
+            body = self._read_json() if method == "POST" else None
+            status, payload = HTTPStatus.OK, endpoint(body)
+        except RequestError as err:
+            status, payload = err.status, {"error": str(err)}
+        except ClipfastError as err:  # the library's own checks (bad image, bad label, ...): the client's fault
+            status, payload = HTTPStatus.BAD_REQUEST, {"error": str(err)}
+        except Exception:  # a bug or an out-of-memory: logged here, one line to the client
+            logger.exception("%s %s failed", method, path)
+            status, payload = HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "Internal error; see the server log."}
+        self._send(status, payload)
+
+    def _no_route(self, method: str, path: str) -> RequestError:
+        methods = sorted(m for m, p in self.routes if p == path)
+        if methods:
+            return RequestError(f"{path} takes {' or '.join(methods)}, not {method}.", HTTPStatus.METHOD_NOT_ALLOWED)
+        listing = ", ".join(f"{m} {p}" for m, p in self.routes)
+        return RequestError(f"No endpoint {path}; there are {listing}.", HTTPStatus.NOT_FOUND)
+
+    def _read_json(self) -> Any:
+        """The request body parsed as JSON, within the size cap."""
+        length = self.headers.get("Content-Length")
+        if length is None:
+            self.close_connection = True
+            raise RequestError("Send the body with a Content-Length header.", HTTPStatus.LENGTH_REQUIRED)
+        try:
+            size = int(length)
+        except ValueError:
+            self.close_connection = True
+            raise RequestError(f"Bad Content-Length {length!r}.") from None
+        if size < 0 or size > self.max_body:
+            self.close_connection = True  # the unread body must not be taken for the next request
+            raise RequestError(f"The body is {size} bytes; this server takes at most {self.max_body}.",
+                               HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+        raw = self.rfile.read(size)
+        try:
+            return json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise RequestError(f"The body is not valid JSON: {err}.") from None
+
+    def _send(self, status: int, payload: dict[str, Any]) -> None:
+        data = json.dumps(payload).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's signature)
+        logger.info("%s - %s", self.address_string(), format % args)
