@@ -30,20 +30,10 @@ TEXTS = ["a cat", "a dog on a beach", "a photo of a red car"]
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
     """model/ (tiny CLIP + real tokenizer files), imgs/ (6 images in two folders + 3 bad files), many/ (60)."""
-    from tokenizer_fixtures import hub_dir
+    from tokenizer_fixtures import write_tiny_clip
 
     root = tmp_path_factory.mktemp("cli")
-    torch.manual_seed(0)
-    config = transformers.CLIPConfig(
-        text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=77),
-        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                           num_attention_heads=4),
-        projection_dim=16)
-    transformers.CLIPModel(config).save_pretrained(root / "model")
-    transformers.CLIPProcessor(
-        image_processor=transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
-        tokenizer=transformers.CLIPTokenizerFast.from_pretrained(hub_dir())).save_pretrained(root / "model")
+    write_tiny_clip(root / "model")
     rng = np.random.default_rng(0)
     for folder, count in (("imgs", 3), ("imgs/sub", 3), ("many", 60)):
         (root / folder).mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import transformers
 from PIL import Image
 
 import clipfast
@@ -28,22 +27,9 @@ from clipfast.server import make_server
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    from tokenizer_fixtures import hub_dir
+    from tokenizer_fixtures import write_tiny_clip
 
-    root = tmp_path_factory.mktemp("serve") / "model"
-    torch.manual_seed(0)
-    config = transformers.CLIPConfig(
-        text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=77),
-        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                           num_attention_heads=4),
-        projection_dim=16)
-    transformers.CLIPModel(config).save_pretrained(root)
-    transformers.CLIPProcessor(
-        image_processor=transformers.CLIPImageProcessor(size={"shortest_edge": 32},
-                                                        crop_size={"height": 32, "width": 32}),
-        tokenizer=transformers.CLIPTokenizerFast.from_pretrained(hub_dir())).save_pretrained(root)
-    return root
+    return write_tiny_clip(tmp_path_factory.mktemp("serve") / "model")
 
 
 @pytest.fixture(scope="module")

@@ -117,3 +117,24 @@ def corpus() -> tuple[str, ...]:
     texts += ["".join(chr(rng.randint(32, 0x2FFF)) for _ in range(rng.randint(1, 30))) for _ in range(500)]
     texts += [str(rng.randint(0, 10**12)) + rng.choice([" items", "%", "px", ".5", ""]) for _ in range(200)]
     return tuple(texts)
+
+
+def write_tiny_clip(folder: Path) -> Path:
+    """A tiny random CLIPModel (32x32 images, projection 16) with the real tokenizer files and a matching
+    preprocessor_config.json, saved by transformers into ``folder``: what a CLI or server test loads by path."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.CLIPConfig(
+        text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=77),
+        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                           num_attention_heads=4),
+        projection_dim=16)
+    transformers.CLIPModel(config).save_pretrained(folder)
+    transformers.CLIPProcessor(
+        image_processor=transformers.CLIPImageProcessor(size={"shortest_edge": 32},
+                                                        crop_size={"height": 32, "width": 32}),
+        tokenizer=transformers.CLIPTokenizerFast.from_pretrained(hub_dir())).save_pretrained(folder)
+    return folder
