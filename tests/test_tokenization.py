@@ -387,3 +387,20 @@ def test_fast_add_tokens_special_is_not_an_additional_special_token(tmp_path) ->
             loaded = cls.from_pretrained(tmp_path / name)
             assert loaded(text).input_ids == ids
             assert loaded.decode(ids, skip_special_tokens=True) == ref.decode(ids, skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("kind", ["slow", "fast"])
+def test_threads_sharing_a_tokenizer_each_get_their_own_settings(kind: str, texts: list[str]) -> None:
+    """Threads calling one tokenizer at once, with different truncation and padding, get what each asked for
+    (transformers' fast tokenizer fails there with 'Already borrowed', or reads another call's settings)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    tok = (clipfast.CLIPTokenizerFast if kind == "fast" else clipfast.CLIPTokenizer).from_pretrained(hub_dir())
+    batch = texts[:64]
+    settings = [{}, {"padding": True}, {"truncation": True, "max_length": 8},
+                {"padding": "max_length", "max_length": 20, "truncation": True}]
+    want = [tok(batch, **kwargs)["input_ids"] for kwargs in settings]
+    jobs = [i % len(settings) for i in range(64)]
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda i: tok(batch, **settings[i])["input_ids"], jobs))
+    assert all(ids == want[i] for ids, i in zip(got, jobs))

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 from clipfast.errors import CheckpointError, InputError
@@ -34,6 +35,11 @@ from clipfast.tokenization import (
     read_tokenizer_json,
     read_vocab_files,
 )
+
+# The Rust backend holds its truncation/padding settings, and refuses ("Already borrowed") to be reconfigured
+# while another thread encodes with it; without a lock, concurrent calls with different settings could also read
+# each other's. One lock for every fast tokenizer: calls are short, and encode_batch uses every core anyway.
+_BACKEND_LOCK = threading.RLock()
 
 
 def build_backend(vocab: dict[str, int], merges: list[tuple[str, str]], unk_token: str = EOS_TOKEN,
@@ -189,9 +195,10 @@ class CLIPTokenizerFast(TokenizerBase):
         items = [t if isinstance(t, AddedToken) else AddedToken(_token_content(t), special=special,
                                                                  normalized=not special)
                  for t in tokens if _token_content(t)]
-        if special:  # like the reference's fast tokenizer, not listed in all_special_tokens (the slow one lists it)
-            return self._tokenizer.add_special_tokens(items)
-        return self._tokenizer.add_tokens(items)
+        with _BACKEND_LOCK:
+            if special:  # like the reference's fast tokenizer, not listed in all_special_tokens (the slow one does)
+                return self._tokenizer.add_special_tokens(items)
+            return self._tokenizer.add_tokens(items)
 
     def _on_specials_changed(self) -> None:
         """New special tokens become added tokens of the backend; the cached padding config is stale."""
@@ -199,9 +206,10 @@ class CLIPTokenizerFast(TokenizerBase):
 
         known = self.get_added_vocab()
         missing = [t for t in self.all_special_tokens if t not in known]
-        if missing:
-            self._tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=True) for t in missing])
-        self._backend_key = None
+        with _BACKEND_LOCK:
+            if missing:
+                self._tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=True) for t in missing])
+            self._backend_key = None
 
     def _token_id(self, token: str) -> int | None:
         index = self._tokenizer.token_to_id(token)
@@ -256,10 +264,11 @@ class CLIPTokenizerFast(TokenizerBase):
     def _encode_batch(self, texts: list[Any], pairs: list[Any] | None, plan: CallPlan
                       ) -> tuple[dict[str, list[Any]], list[Any]]:
         """Encode, truncate and pad the whole batch in Rust, then read the asked fields."""
-        self._configure(plan)
         if plan.single and pairs is not None and not pairs[0]:
             pairs = None  # the reference's fast tokenizer drops an empty pair of a single text ("" or [])
-        encodings = self._run_backend(texts if pairs is None else list(zip(texts, pairs)), plan)
+        with _BACKEND_LOCK:  # this call's settings, and no other thread's, while it encodes
+            self._configure(plan)
+            encodings = self._run_backend(texts if pairs is None else list(zip(texts, pairs)), plan)
         data: dict[str, list[Any]] = {"input_ids": [e.ids for e in encodings]}
         if plan.token_type_ids:
             data["token_type_ids"] = [e.type_ids for e in encodings]
@@ -300,9 +309,10 @@ class CLIPTokenizerFast(TokenizerBase):
 
     def _save_extra(self, save_directory: str, filename_prefix: str | None) -> tuple[str, ...]:
         """tokenizer.json, written without this session's padding/truncation settings."""
-        self._tokenizer.no_truncation()
-        self._tokenizer.no_padding()
-        self._backend_key = None
         path = os.path.join(save_directory, (f"{filename_prefix}-" if filename_prefix else "") + TOKENIZER_JSON)
-        self._tokenizer.save(path)
+        with _BACKEND_LOCK:
+            self._tokenizer.no_truncation()
+            self._tokenizer.no_padding()
+            self._backend_key = None
+            self._tokenizer.save(path)
         return (path,)
