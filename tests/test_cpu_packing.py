@@ -412,3 +412,34 @@ def test_backward_hooks_on_the_patch_convolution_fire(pixel_values):
     finally:
         handle.remove()
     assert len(calls) == 1
+
+
+
+def test_threads_sharing_a_model_while_it_packs(text_inputs, pixel_values):
+    """Threads calling one model at once while its layers pack (again after each reset) each get their own
+    answer: a pack and the record of what it was made from are published together."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = _model()
+    ids, mask = text_inputs
+    want = _plain(model, text_inputs, pixel_values)
+    model.set_cpu_weight_packing(False)
+    with torch.no_grad():
+        want_rows = model.get_image_features(pixel_values=pixel_values)
+
+    def call(index: int) -> None:
+        with torch.inference_mode():
+            if index % 2:
+                row = index % len(pixel_values)
+                got = model.get_image_features(pixel_values=pixel_values[row:row + 1])
+                torch.testing.assert_close(got, want_rows[row:row + 1], atol=1e-5, rtol=1e-5)
+            else:
+                out = model(input_ids=ids, attention_mask=mask, pixel_values=pixel_values)
+                torch.testing.assert_close(out.logits_per_image, want["logits"], atol=1e-5, rtol=1e-5)
+
+    for _ in range(3):
+        model.set_cpu_weight_packing()  # fresh: the layers pack during the concurrent calls
+        with ThreadPoolExecutor(6) as pool:
+            list(pool.map(call, range(48)))
+        assert _packed_layers(model) > 0
+        model.set_cpu_weight_packing(False)

@@ -114,6 +114,22 @@ def test_cpu_bf16_as_fp32_cache_follows_weight_changes(model, inputs):
         torch.testing.assert_close(got, want)
 
 
+def test_cpu_bf16_as_fp32_cache_shared_by_threads(model, inputs):
+    """Threads calling one cached model while its float32 copies are made each get the plain path's answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pixels, ids = inputs
+    pixels = pixels.to(torch.bfloat16)
+    plain = cpu_bf16_as_fp32(copy.deepcopy(model).to(torch.bfloat16), cache=False)
+    want = _embeddings(plain, pixels, ids)
+    for _ in range(3):
+        cached = cpu_bf16_as_fp32(copy.deepcopy(model).to(torch.bfloat16), cache=True)
+        with ThreadPoolExecutor(6) as pool:
+            for got in pool.map(lambda _: _embeddings(cached, pixels, ids), range(24)):
+                for a, b in zip(got, want):
+                    torch.testing.assert_close(a, b)
+
+
 def test_cpu_bf16_as_fp32_keeps_weights_and_keys(model):
     keys = set(model.state_dict())
     upcast = cpu_bf16_as_fp32(model.to(torch.bfloat16))

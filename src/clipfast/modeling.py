@@ -389,9 +389,13 @@ class WeightsSeen:
     sample: torch.Tensor | None = None  # ...and those values when sampled
 
     @classmethod
-    def of(cls, params: list[torch.Tensor], salt: Any = None) -> WeightsSeen:
-        """The current state of ``params`` (contiguous ones), without a value sample yet."""
-        return cls(weights_key(params, salt), [weakref.ref(p) for p in params])
+    def of(cls, params: list[torch.Tensor], salt: Any = None, sample: bool = False) -> WeightsSeen:
+        """The current state of ``params`` (contiguous ones), with a few values of each when ``sample``. The
+        probes keep the sampled storage alive, so new storage can never reuse its address unnoticed. Records are
+        never changed once made: threads may be reading them."""
+        probes = [_probe(p) for p in params] if sample else None
+        return cls(weights_key(params, salt), [weakref.ref(p) for p in params], probes,
+                   torch.cat(probes) if probes is not None else None)
 
     def holds(self, params: list[torch.Tensor], salt: Any = None) -> bool:
         """Same parameters, same storage and versions, same salt, and (once sampled) the same sampled values."""
@@ -401,12 +405,6 @@ class WeightsSeen:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return WeightsSeen, ((), [])  # a copied or unpickled record matches nothing: the cache is made again
-
-    def take_sample(self, params: list[torch.Tensor]) -> None:
-        """Record a few values of each parameter. The probes keep the sampled storage alive, so new storage can
-        never reuse its address unnoticed."""
-        self.probes = [_probe(p) for p in params]
-        self.sample = torch.cat(self.probes)
 
 
 def weights_key(params: list[torch.Tensor], salt: Any = None) -> tuple[Any, ...]:
@@ -528,9 +526,8 @@ def _cpu_packs(module: nn.Module, x: torch.Tensor, layers: list[nn.Module],
         # one-shot use (a CLI call, one batch) never pays for it
         _PACKS[module] = (WeightsSeen.of(params, salt), None)
         return None
-    if entry[1] is None:
-        entry[0].take_sample(params)
-        entry = _PACKS[module] = (entry[0], build())
+    if entry[1] is None:  # published whole, so a thread reading the table sees a record and its packs together
+        entry = _PACKS[module] = (WeightsSeen.of(params, salt, sample=True), build())
     return entry[1]
 
 

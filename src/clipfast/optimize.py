@@ -116,11 +116,13 @@ class UpcastLinear(nn.Module):
         weight = self.weight
         if not self.cache or (torch.is_grad_enabled() and weight.requires_grad) or not weight.is_contiguous():
             return weight.float()
-        if self.weight_fp32 is None or self._seen is None or not self._seen.holds([weight]):
-            self._seen = WeightsSeen.of([weight])
-            self._seen.take_sample([weight])
-            self.weight_fp32 = weight.detach().float()
-        return self.weight_fp32
+        seen, cached = self._seen, self.weight_fp32
+        if cached is None or seen is None or not seen.holds([weight]):
+            # the copy first, then the record that vouches for it: a thread that sees the new record finds the
+            # new copy (one that sees the old record makes its own)
+            seen, cached = WeightsSeen.of([weight], sample=True), weight.detach().float()
+            self.weight_fp32, self._seen = cached, seen
+        return cached
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, stored={self.weight.dtype}"
