@@ -359,6 +359,22 @@ def test_inexpressible_architectures_are_refused_by_name(tmp_path, cfg, found):
         clipfast.load(tmp_path / "w.pt")
 
 
+def test_non_square_image_size_is_refused(tmp_path):
+    """A [h, w] image size is refused even when its patch grid has a square count (2 x 8 patches read as 4 x 4
+    would put the position embeddings on the wrong patches)."""
+    cfg = _tiny(vision_cfg={"image_size": [16, 64], "patch_size": 8})
+    torch.manual_seed(0)
+    torch.save(open_clip.CLIP(**cfg).state_dict(), tmp_path / "w.pt")
+    with pytest.raises(CheckpointError, match=r"non-square size \[16, 64\]"):
+        clipfast.CLIPModel.from_pretrained(tmp_path / "w.pt", open_clip_config=cfg)
+    square = _tiny(vision_cfg={"image_size": [32, 32], "patch_size": [8, 8]})  # the list form of a square is fine
+    torch.save(open_clip.CLIP(**square).state_dict(), tmp_path / "s.pt")
+    assert clipfast.CLIPModel.from_pretrained(tmp_path / "s.pt", open_clip_config=square).config.vision_config \
+        .image_size == 32
+    with pytest.raises(CheckpointError, match="image_size=48, but the weights have 32"):
+        clipfast.CLIPModel.from_pretrained(tmp_path / "s.pt", open_clip_config=_tiny(vision_cfg={"image_size": 48}))
+
+
 @pytest.mark.parametrize("key, found", [("text_decoder.resblocks.0.ln_1.weight", "CoCa"),
                                         ("text.transformer.embeddings.word_embeddings.weight", "Hugging Face text"),
                                         ("visual.mystery.weight", "Unknown tensors")])

@@ -447,10 +447,25 @@ def config_from_weights(state_dict: dict[str, torch.Tensor], *, hidden_act: str 
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=embed_dim)
 
 
+def _square_size(size: Any, what: str) -> int:
+    """An open_clip ``image_size`` / ``patch_size`` (an int or [height, width]) as one int; non-square is an error:
+    CLIPModel's position embeddings are a square grid."""
+    if isinstance(size, (list, tuple)):
+        if len(set(size)) != 1:
+            raise CheckpointError(f"{what} has a non-square size {list(size)}; clipfast's CLIPModel (as transformers') "
+                                  "works on square images and patches. Use open_clip for this model.")
+        size = size[0]
+    return int(size)
+
+
 def _open_clip_architecture(model_cfg: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> CLIPConfig:
     """CLIPConfig for an open_clip model config and its (renamed) weights; sizes must agree."""
     check_open_clip_config(model_cfg)
     vision, text = model_cfg.get("vision_cfg") or {}, model_cfg.get("text_cfg") or {}
+    for option in ("image_size", "patch_size"):  # a non-square size whose grid happens to be square reads as one
+        if option in vision:
+            vision = dict(vision, **{option: _square_size(vision[option], f"vision_cfg.{option}")})
+    model_cfg = dict(model_cfg, vision_cfg=vision)
     eos = int(text.get("eos_id", 2)) if text.get("pool_type") == "eos" else 2
     if text.get("pool_type") == "eos" and eos == 2:
         raise CheckpointError("text_cfg pools at eos_id=2, which transformers' CLIP reads as 'pool at the largest "
@@ -461,6 +476,8 @@ def _open_clip_architecture(model_cfg: dict[str, Any], state_dict: dict[str, tor
                                  eos_token_id=eos)
     found = {"embed_dim": config.projection_dim, "vision_cfg.width": config.vision_config.hidden_size,
              "vision_cfg.layers": config.vision_config.num_hidden_layers,
+             "vision_cfg.image_size": config.vision_config.image_size,
+             "vision_cfg.patch_size": config.vision_config.patch_size,
              "text_cfg.width": config.text_config.hidden_size, "text_cfg.layers": config.text_config.num_hidden_layers}
     for name, value in found.items():
         section, _, option = name.rpartition(".")
@@ -786,14 +803,10 @@ def open_clip_processor(name: str | os.PathLike, **hub_kwargs: Any) -> Any:
     text, vision = model_cfg["text_cfg"] or {}, model_cfg["vision_cfg"] or {}
     if text.get("hf_tokenizer_name"):
         raise _foreign_tokenizer(name, text["hf_tokenizer_name"])
-    image_size = vision.get("image_size", 224)
-    if isinstance(image_size, (list, tuple)):
-        if len(set(image_size)) != 1:
-            raise CheckpointError(f"{name!r} has a non-square image_size {list(image_size)}; CLIP crops squares.")
-        image_size = image_size[0]
+    image_size = _square_size(vision.get("image_size", 224), f"{name!r}")
     tokenizer = CLIPTokenizerFast.from_openai_vocab(model_max_length=int(text.get("context_length", 77)))
     processor = CLIPImageProcessor.from_dict(image_processor_config(dict(cfg.get("preprocess_cfg") or {}),
-                                                                   int(image_size)))
+                                                                   image_size))
     return CLIPProcessor(image_processor=processor, tokenizer=tokenizer)
 
 
