@@ -62,11 +62,32 @@ def test_openai_files_match_open_clip(openai_model, tmp_path, kind):
     assert_same(clipfast_outputs(model, pixels, ids), reference(openai_model, pixels, ids))
     assert model.config.text_config.hidden_act == "quick_gelu" and model.config.vision_config.num_attention_heads == 2
     assert tokenizer.model_max_length == 16 and processor.size == {"shortest_edge": 32}
+    assert tokenizer.text_cleaning == "openai"  # open_clip's ids, HTML entities and all
     assert processor.image_mean == cv.OPENAI_MEAN
     # from_pretrained takes the same files, for any model class
     text = clipfast.CLIPTextModelWithProjection.from_pretrained(path)
     torch.testing.assert_close(text(input_ids=ids).text_embeds, reference(openai_model, pixels, ids)["text"],
                                atol=ATOL, rtol=1e-4)
+
+
+def test_configless_state_dicts_outside_openais_models_warn(openai_model, tmp_path, monkeypatch):
+    """A bare state dict is read with OpenAI's conventions; when its shapes are not one of OpenAI's released models
+    (an open_clip checkpoint without its config, say) that is said, since it may load silently wrong."""
+    gelu = dict(OPENAI_LIKE, quick_gelu=False)
+    torch.save(build(gelu).state_dict(), tmp_path / "laion.bin")
+    with pytest.warns(UserWarning, match="not one of OpenAI's released CLIP models.*open_clip_config="):
+        clipfast.CLIPModel.from_pretrained(tmp_path / "laion.bin")
+    with warnings.catch_warnings():  # with its config: no warning
+        warnings.simplefilter("error")
+        clipfast.CLIPModel.from_pretrained(tmp_path / "laion.bin", open_clip_config=gelu)
+    torch.save(openai_model.state_dict(), tmp_path / "b32.pt")
+    vision, text = OPENAI_LIKE["vision_cfg"], OPENAI_LIKE["text_cfg"]
+    monkeypatch.setattr(cv, "_OPENAI_VITS", {(vision["width"], vision["layers"], vision["patch_size"],
+                                             vision["image_size"], text["width"], text["layers"],
+                                             OPENAI_LIKE["embed_dim"])})
+    with warnings.catch_warnings():  # OpenAI's shapes (this tiny model stands in for them here): no warning
+        warnings.simplefilter("error")
+        clipfast.CLIPModel.from_pretrained(tmp_path / "b32.pt")
 
 
 def test_openai_fp16_fp32_mix_is_upcast(openai_model, tmp_path):
@@ -250,6 +271,8 @@ def test_convert_to_hf_loads_in_transformers_and_clipfast(openai_model, gelu_mod
 def test_round_trip_to_openai_loads_in_open_clip(openai_model, tmp_path):
     save_torchscript(openai_model, tmp_path / "orig.pt")
     assert main(["convert", str(tmp_path / "orig.pt"), str(tmp_path / "hf")]) == 0
+    # the converted folder is for transformers too: transformers' text cleaning, as its tokenizer would do
+    assert "text_cleaning" not in json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())
     assert main(["convert", str(tmp_path / "hf"), str(tmp_path / "back.pt"), "--to", "openai"]) == 0
     state = torch.load(tmp_path / "back.pt", weights_only=True)
     rebuilt = build(OPENAI_LIKE, seed=5)
@@ -371,8 +394,56 @@ def test_non_square_image_size_is_refused(tmp_path):
     torch.save(open_clip.CLIP(**square).state_dict(), tmp_path / "s.pt")
     assert clipfast.CLIPModel.from_pretrained(tmp_path / "s.pt", open_clip_config=square).config.vision_config \
         .image_size == 32
-    with pytest.raises(CheckpointError, match="image_size=48, but the weights have 32"):
+    with pytest.raises(CheckpointError, match="image_size=48, but the weights have a 4x4 patch grid"):
         clipfast.CLIPModel.from_pretrained(tmp_path / "s.pt", open_clip_config=_tiny(vision_cfg={"image_size": 48}))
+
+
+@pytest.mark.parametrize("text_cfg, found", [({"hf_tokenizer_name": "google/mt5-base"},
+                                              "the tokenizer 'google/mt5-base'"),
+                                             ({"tokenizer_kwargs": {"clean": "whitespace"}}, "tokenizer_kwargs"),
+                                             ({"tokenizer_kwargs": {"reduction_mask": "simple"}}, "tokenizer_kwargs"),
+                                             ({"tokenizer_kwargs": {"clean": "lower", "context_length": 16}}, None)])
+def test_open_clip_models_with_another_tokenizer(tmp_path, text_cfg, found):
+    """The model loads; asking for its tokenizer (load, AutoProcessor) is a clear error when open_clip would
+    tokenize with something else than OpenAI's plain BPE, never a tokenizer that gives other ids."""
+    cfg = _tiny(text_cfg=text_cfg)
+    torch.manual_seed(0)
+    save_file({k: v.contiguous() for k, v in open_clip.CLIP(**_tiny()).state_dict().items()},
+              tmp_path / "open_clip_model.safetensors")
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
+    clipfast.CLIPModel.from_pretrained(tmp_path)
+    if found is None:
+        assert clipfast.load(tmp_path)[1].model_max_length == 16
+        return
+    for make in (clipfast.load, clipfast.AutoProcessor.from_pretrained):
+        with pytest.raises(CheckpointError, match=f"uses .*{found}.*OpenAI's BPE"):
+            make(tmp_path)
+
+
+def test_open_clip_image_size_is_the_models_crop(tmp_path):
+    """open_clip crops to the model's image_size, which need not be a multiple of the patch size (the conv drops the
+    rest), whatever preprocess_cfg's size says; clipfast's model and processor follow, and match open_clip."""
+    from PIL import Image
+
+    # a size whose crops start on whole pixels: open_clip rounds half offsets to even, transformers rounds down
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 36, 3), dtype=np.uint8))
+    for image_size, preprocess in ((36, {}), (32, {"size": 48})):
+        cfg = _tiny(vision_cfg={"image_size": image_size})
+        folder = tmp_path / f"oc{image_size}"
+        folder.mkdir()
+        torch.manual_seed(0)
+        reference = open_clip.CLIP(**cfg).eval()
+        save_file({k: v.contiguous() for k, v in reference.state_dict().items()},
+                  folder / "open_clip_model.safetensors")
+        (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": preprocess}))
+        model, _, processor = clipfast.load(folder)
+        _, _, transform = open_clip.create_model_and_transforms(f"local-dir:{folder}")
+        pixels = processor(image, return_tensors="pt")["pixel_values"]
+        assert model.config.vision_config.image_size == image_size and pixels.shape[-1] == image_size
+        torch.testing.assert_close(pixels, transform(image)[None], atol=1e-6, rtol=0)
+        with torch.no_grad():
+            torch.testing.assert_close(model.get_image_features(pixel_values=pixels), reference.encode_image(pixels),
+                                       atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("key, found", [("text_decoder.resblocks.0.ln_1.weight", "CoCa"),

@@ -404,3 +404,33 @@ def test_threads_sharing_a_tokenizer_each_get_their_own_settings(kind: str, text
     with ThreadPoolExecutor(8) as pool:
         got = list(pool.map(lambda i: tok(batch, **settings[i])["input_ids"], jobs))
     assert all(ids == want[i] for ids, i in zip(got, jobs))
+
+
+@pytest.mark.parametrize("kind", ["slow", "fast"])
+def test_openai_text_cleaning_matches_open_clip(kind: str, texts: list[str]) -> None:
+    """text_cleaning="openai" (what clipfast.load gives OpenAI and open_clip checkpoints) tokenizes as open_clip's
+    SimpleTokenizer does, HTML entities, ligatures and mojibake included; special-token strings in the text aside
+    (open_clip 3 spells them <start_of_text>/<end_of_text>)."""
+    open_clip = pytest.importorskip("open_clip")
+    reference = open_clip.get_tokenizer("ViT-B-32")
+    cls = clipfast.CLIPTokenizerFast if kind == "fast" else clipfast.CLIPTokenizer
+    tok = cls.from_openai_vocab(text_cleaning="openai")
+    sample = [t for t in texts if "<|" not in t and "_of_text>" not in t][:3000]
+    sample += ["Tom &amp; Jerry", "<b>&amp;</b> cats", "5 &lt; 6 &amp;amp;", "ﬁne dining", "cafÃ©", "Ｆｕｌｌ",
+               "“quotes”"]
+    got = tok(sample, add_special_tokens=False)["input_ids"]
+    mismatches = [t for t, ids in zip(sample, got) if ids != reference.encode(t)]
+    assert not mismatches, mismatches[:5]
+    assert tok.tokenize("Tom &amp; Jerry") == ["tom</w>", "&</w>", "jerry</w>"]
+    plain = cls.from_openai_vocab()
+    assert plain("<b>&amp;</b>").input_ids != tok("<b>&amp;</b>").input_ids  # transformers' cleaning differs
+
+
+def test_text_cleaning_is_saved_and_checked(tmp_path) -> None:
+    tok = clipfast.CLIPTokenizerFast.from_openai_vocab(text_cleaning="openai")
+    tok.save_pretrained(tmp_path)
+    for cls in (clipfast.CLIPTokenizerFast, clipfast.CLIPTokenizer):
+        assert cls.from_pretrained(tmp_path).text_cleaning == "openai"
+    assert transformers.CLIPTokenizerFast.from_pretrained(tmp_path)("a cat").input_ids == [49406, 320, 2368, 49407]
+    with pytest.raises(InputError, match="text_cleaning='nfkc'"):
+        clipfast.CLIPTokenizer.from_openai_vocab(text_cleaning="nfkc")

@@ -24,6 +24,7 @@ import math
 import os
 import pickle
 import re
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -465,7 +466,6 @@ def _open_clip_architecture(model_cfg: dict[str, Any], state_dict: dict[str, tor
     for option in ("image_size", "patch_size"):  # a non-square size whose grid happens to be square reads as one
         if option in vision:
             vision = dict(vision, **{option: _square_size(vision[option], f"vision_cfg.{option}")})
-    model_cfg = dict(model_cfg, vision_cfg=vision)
     eos = int(text.get("eos_id", 2)) if text.get("pool_type") == "eos" else 2
     if text.get("pool_type") == "eos" and eos == 2:
         raise CheckpointError("text_cfg pools at eos_id=2, which transformers' CLIP reads as 'pool at the largest "
@@ -476,15 +476,22 @@ def _open_clip_architecture(model_cfg: dict[str, Any], state_dict: dict[str, tor
                                  eos_token_id=eos)
     found = {"embed_dim": config.projection_dim, "vision_cfg.width": config.vision_config.hidden_size,
              "vision_cfg.layers": config.vision_config.num_hidden_layers,
-             "vision_cfg.image_size": config.vision_config.image_size,
              "vision_cfg.patch_size": config.vision_config.patch_size,
              "text_cfg.width": config.text_config.hidden_size, "text_cfg.layers": config.text_config.num_hidden_layers}
     for name, value in found.items():
         section, _, option = name.rpartition(".")
-        stated = (model_cfg.get(section) or {}).get(option) if section else model_cfg.get(option)
+        stated = (vision if section == "vision_cfg" else model_cfg.get(section) or {}).get(option) if section \
+            else model_cfg.get(option)
         if stated is not None and int(stated) != value:
             raise CheckpointError(f"The open_clip config says {name}={stated}, but the weights have {value}: the "
                                   "config does not describe this checkpoint.")
+    if "image_size" in vision:  # open_clip's size, which need not be a multiple of the patch (the rest is cut off)
+        grid = config.vision_config.image_size // config.vision_config.patch_size
+        if vision["image_size"] // config.vision_config.patch_size != grid:
+            raise CheckpointError(f"The open_clip config says vision_cfg.image_size={vision['image_size']}, but the "
+                                  f"weights have a {grid}x{grid} patch grid: the config does not describe this "
+                                  "checkpoint.")
+        config.vision_config.image_size = vision["image_size"]
     return config
 
 
@@ -495,7 +502,8 @@ _RESAMPLE = {"bicubic": 3, "bilinear": 2}  # PIL codes; open_clip's 'random' is 
 
 
 def image_processor_config(preprocess_cfg: dict[str, Any], image_size: int) -> dict[str, Any]:
-    """``preprocessor_config.json`` (transformers format) for open_clip's ``preprocess_cfg``.
+    """``preprocessor_config.json`` (transformers format) for open_clip's ``preprocess_cfg`` and the model's
+    ``image_size``.
 
     Raises CheckpointError where CLIPImageProcessor cannot express it (resize_mode 'longest', which pads).
 
@@ -503,11 +511,7 @@ def image_processor_config(preprocess_cfg: dict[str, Any], image_size: int) -> d
         >>> image_processor_config({"mean": [0.5] * 3, "std": [0.5] * 3}, 224)["size"]
         {'shortest_edge': 224}
     """
-    size = preprocess_cfg.get("size") or image_size
-    if isinstance(size, (list, tuple)):
-        if len(set(size)) != 1:
-            raise CheckpointError(f"preprocess_cfg size {list(size)} is not square; CLIPImageProcessor crops squares.")
-        size = size[0]
+    size = image_size  # open_clip (3.x) resizes and crops to the model's image_size, whatever preprocess_cfg's says
     interpolation = preprocess_cfg.get("interpolation") or "bicubic"
     if interpolation == "random":
         interpolation = "bicubic"  # what open_clip itself uses at inference
@@ -569,7 +573,7 @@ class Checkpoint:
     source: str
     preprocess_cfg: dict[str, Any] | None = None
     image_processor: dict[str, Any] | None = None
-    tokenizer_name: str | None = None  # open_clip's hf_tokenizer_name, when not OpenAI's BPE
+    tokenizer_name: str | None = None  # what open_clip tokenizes with, when not OpenAI's plain BPE
     hub_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def image_processor_config(self) -> dict[str, Any]:
@@ -584,16 +588,18 @@ class Checkpoint:
             return {"size": self.config.vision_config.image_size, **self.preprocess_cfg}
         return open_clip_preprocess(self.image_processor or {}, self.config.vision_config.image_size)
 
-    def tokenizer(self) -> Any:
-        """The tokenizer: the Hugging Face folder's own files, else OpenAI's BPE sized to the text context."""
+    def tokenizer(self, openai_cleaning: bool = True) -> Any:
+        """The tokenizer: the Hugging Face folder's own files, else OpenAI's BPE sized to the text context, with
+        OpenAI's text cleaning (the ids open_clip and OpenAI's code give) unless ``openai_cleaning=False`` (the
+        ids transformers gives, for a folder transformers will read)."""
         from clipfast.tokenization_fast import CLIPTokenizerFast
 
         if self.tokenizer_name:
             raise _foreign_tokenizer(self.source, self.tokenizer_name)
         if self.format == "hf":
             return CLIPTokenizerFast.from_pretrained(self.source, **self.hub_kwargs)
-        return CLIPTokenizerFast.from_openai_vocab(
-            model_max_length=self.config.text_config.max_position_embeddings)
+        return CLIPTokenizerFast.from_openai_vocab(model_max_length=self.config.text_config.max_position_embeddings,
+                                                   text_cleaning="openai" if openai_cleaning else None)
 
 
 def is_foreign(name_or_path: str | os.PathLike, *, subfolder: str = "", **hub_kwargs: Any) -> bool:
@@ -652,11 +658,27 @@ def _read_file(path: str, open_clip_config: dict[str, Any] | str | os.PathLike |
     return _from_open_clip(state_dict, cfg, path)
 
 
+# OpenAI's released ViTs as (image width, layers, patch, image size, text width, layers, embedding size): B/32,
+# B/16, L/14 and L/14@336px
+_OPENAI_VITS = {(768, 12, 32, 224, 512, 12, 512), (768, 12, 16, 224, 512, 12, 512), (1024, 24, 14, 224, 768, 12, 768),
+                (1024, 24, 14, 336, 768, 12, 768)}
+
+
 def _from_openai(state_dict: dict[str, torch.Tensor], fmt: str, source: str) -> Checkpoint:
     """OpenAI conventions: sizes from shapes, heads = width / 64, quick_gelu, OpenAI preprocessing."""
     ours = openai_to_hf(state_dict)
     config = config_from_weights(ours)
     config.dtype = stored_dtype(state_dict)
+    vision, text = config.vision_config, config.text_config
+    shape = (vision.hidden_size, vision.num_hidden_layers, vision.patch_size, vision.image_size, text.hidden_size,
+             text.num_hidden_layers, config.projection_dim)
+    if fmt == "openai" and shape not in _OPENAI_VITS:
+        # open_clip writes the same keys, but its models may use gelu, other head widths or EOS pooling: a
+        # checkpoint without its config can load silently wrong
+        warnings.warn(f"{source} has no model config and is not one of OpenAI's released CLIP models, so it is read "
+                      "with OpenAI's conventions (quick_gelu, 64-wide attention heads, text pooled at the largest "
+                      "token id). If it is an open_clip checkpoint, pass open_clip_config= (its model config JSON) or "
+                      "put that JSON beside it as <name>.json or open_clip_config.json.", stacklevel=4)
     return Checkpoint(config, ours, fmt, source, preprocess_cfg={})
 
 
@@ -670,10 +692,25 @@ def stored_dtype(state_dict: dict[str, torch.Tensor]) -> torch.dtype:
     return max(counts, key=counts.__getitem__) if counts else torch.float32
 
 
-def _foreign_tokenizer(source: str, name: str) -> CheckpointError:
+def _foreign_tokenizer(source: str, what: str) -> CheckpointError:
     """The error for an open_clip model whose tokenizer is not OpenAI's BPE (clipfast ships only that one)."""
-    return CheckpointError(f"{source!r} uses the tokenizer {name!r}; clipfast ships OpenAI's BPE only. Load the "
-                           "model with CLIPModel.from_pretrained and the tokenizer with the library that provides it.")
+    return CheckpointError(f"{source!r} uses {what}; clipfast ships OpenAI's BPE with its standard text cleaning "
+                           "only. Load the model with CLIPModel.from_pretrained and the tokenizer with the library "
+                           "that provides it.")
+
+
+_PLAIN_TOKENIZER_KWARGS = {"clean": ("lower",), "reduction_mask": ("", None), "additional_special_tokens": (None, [])}
+
+
+def _other_tokenizer(text_cfg: dict[str, Any]) -> str | None:
+    """What open_clip would tokenize this model's text with, when that is not OpenAI's plain BPE: another
+    tokenizer (``hf_tokenizer_name``) or SimpleTokenizer options that change the ids (``tokenizer_kwargs``)."""
+    if text_cfg.get("hf_tokenizer_name"):
+        return f"the tokenizer {text_cfg['hf_tokenizer_name']!r}"
+    kwargs = {k: v for k, v in (text_cfg.get("tokenizer_kwargs") or {}).items() if k != "context_length"}
+    if any(value not in _PLAIN_TOKENIZER_KWARGS.get(key, ()) for key, value in kwargs.items()):
+        return f"open_clip's tokenizer with tokenizer_kwargs={kwargs}"
+    return None
 
 
 def _model_cfg(cfg: dict[str, Any], source: str) -> dict[str, Any]:
@@ -693,7 +730,7 @@ def _from_open_clip(state_dict: dict[str, torch.Tensor], cfg: dict[str, Any], so
     config = _open_clip_architecture(model_cfg, ours)
     config.dtype = stored_dtype(state_dict)
     return Checkpoint(config, ours, "open_clip", source, preprocess_cfg=preprocess,
-                      tokenizer_name=(model_cfg.get("text_cfg") or {}).get("hf_tokenizer_name") or None)
+                      tokenizer_name=_other_tokenizer(model_cfg.get("text_cfg") or {}))
 
 
 def _read_open_clip_repo(name: str, hub_kwargs: dict[str, Any]) -> Checkpoint:
@@ -801,10 +838,12 @@ def open_clip_processor(name: str | os.PathLike, **hub_kwargs: Any) -> Any:
     cfg = hub.read_json(hub.resolve_file(name, OPEN_CLIP_CONFIG, **hub_kwargs))  # type: ignore[arg-type]
     model_cfg = _model_cfg(cfg, name)
     text, vision = model_cfg["text_cfg"] or {}, model_cfg["vision_cfg"] or {}
-    if text.get("hf_tokenizer_name"):
-        raise _foreign_tokenizer(name, text["hf_tokenizer_name"])
+    other = _other_tokenizer(text)
+    if other:
+        raise _foreign_tokenizer(name, other)
     image_size = _square_size(vision.get("image_size", 224), f"{name!r}")
-    tokenizer = CLIPTokenizerFast.from_openai_vocab(model_max_length=int(text.get("context_length", 77)))
+    tokenizer = CLIPTokenizerFast.from_openai_vocab(model_max_length=int(text.get("context_length", 77)),
+                                                    text_cleaning="openai")
     processor = CLIPImageProcessor.from_dict(image_processor_config(dict(cfg.get("preprocess_cfg") or {}),
                                                                    image_size))
     return CLIPProcessor(image_processor=processor, tokenizer=tokenizer)
@@ -865,7 +904,7 @@ def _write_hf(ckpt: Checkpoint, destination: str) -> list[str]:
     from clipfast.modeling import CLIPModel
 
     processor = ckpt.image_processor_config() if ckpt.format != "hf" else ckpt.image_processor
-    tokenizer = ckpt.tokenizer() if ckpt.format != "hf" else _optional(ckpt.tokenizer)
+    tokenizer = ckpt.tokenizer(openai_cleaning=False) if ckpt.format != "hf" else _optional(ckpt.tokenizer)
     model = build_model(CLIPModel, ckpt)
     model.save_pretrained(destination)
     written = [os.path.join(destination, n) for n in (hub.CONFIG_NAME, hub.SAFE_WEIGHTS)]

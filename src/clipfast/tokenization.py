@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import gzip
+import html
 import json
 import logging
 import os
@@ -457,6 +458,10 @@ class TokenizerBase:
         self.padding_side = kwargs.pop("padding_side", "right")
         self.truncation_side = kwargs.pop("truncation_side", "right")
         self.clean_up_tokenization_spaces = bool(kwargs.pop("clean_up_tokenization_spaces", False))
+        self.text_cleaning = kwargs.pop("text_cleaning", None)
+        if self.text_cleaning not in (None, "openai"):
+            raise InputError(f"text_cleaning={self.text_cleaning!r} is not known; use None (transformers' cleaning) "
+                             "or 'openai' (OpenAI's and open_clip's).")
         self.name_or_path = str(kwargs.pop("name_or_path", ""))
         if "model_input_names" in kwargs:
             self.model_input_names = list(kwargs.pop("model_input_names"))
@@ -602,6 +607,8 @@ class TokenizerBase:
         if kwargs.get("text_target") is not None or kwargs.get("text_pair_target") is not None:
             raise InputError("text_target is for sequence-to-sequence models; CLIP has no targets.")
         texts, pairs, batched = _as_batch(text, text_pair, is_split_into_words)
+        if self.text_cleaning == "openai":
+            texts, pairs = _openai_cleaned(texts), _openai_cleaned(pairs)
         plan = self._plan(padding, truncation, max_length, pad_to_multiple_of, padding_side, verbose)
         plan.stride, plan.add_special_tokens, plan.split_words = stride, add_special_tokens, is_split_into_words
         plan.token_type_ids = bool(return_token_type_ids) if return_token_type_ids is not None else (
@@ -838,6 +845,8 @@ class TokenizerBase:
             config["additional_special_tokens"] = list(self.additional_special_tokens)
         if self.padding_side != "right":
             config["padding_side"] = self.padding_side
+        if self.text_cleaning is not None:
+            config["text_cleaning"] = self.text_cleaning
         return config
 
 
@@ -970,6 +979,31 @@ def _patterns() -> tuple[Any, Any, Any]:
 
     return (regex.compile(_SLOW_PATTERN, regex.IGNORECASE), std_re.compile(_ASCII_PATTERN),
             std_re.compile(_NEEDS_CLEANING))
+
+
+def openai_clean(text: str) -> str:
+    """OpenAI's and open_clip's text cleaning (``basic_clean`` + ``whitespace_clean``): ftfy, HTML entities
+    unescaped twice, whitespace runs to one space. ``text_cleaning="openai"`` applies it before tokenizing, so the
+    ids equal theirs where transformers' cleaning differs (``&amp;``, ligatures, mojibake).
+
+    Example:
+        >>> openai_clean("Tom &amp;amp; Jerry\t ")
+        'Tom & Jerry'
+    """
+    try:
+        import ftfy
+    except ImportError:
+        raise InputError("text_cleaning='openai' needs ftfy (pip install ftfy), as OpenAI's tokenizer does.") from None
+    text = html.unescape(html.unescape(ftfy.fix_text(text)))
+    return " ".join(text.split())
+
+
+def _openai_cleaned(items: list[Any] | None) -> list[Any] | None:
+    """:func:`openai_clean` over a batch of texts or of pre-split word lists."""
+    if items is None:
+        return None
+    return [[openai_clean(w) for w in item] if isinstance(item, (list, tuple)) else openai_clean(item)
+            for item in items]
 
 
 def _load_ftfy() -> Callable[[str], str] | None:
@@ -1232,6 +1266,8 @@ class CLIPTokenizer(TokenizerBase):
         """Text -> token strings (e.g. ``['a</w>', 'photo</w>']``), without special tokens by default."""
         if not isinstance(text, str):
             raise InputError(f"tokenize() takes a str; got {type(text).__name__}.")
+        if self.text_cleaning == "openai":
+            text = openai_clean(text)
         tokens: list[str] = []
         for segment, added_id in self._segments(text):
             if added_id is not None:
