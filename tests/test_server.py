@@ -176,6 +176,25 @@ def test_protocol_errors(client, clip):
     assert reply.startswith(b"HTTP/1.1 411") and b"Content-Length" in reply
 
 
+def test_keep_alive_connections_survive_errors(client):
+    """On one HTTP/1.1 connection, a refused request with an unread body does not corrupt the next request."""
+    import http.client
+
+    host, port = client.url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        for path, body in (("/nowhere", b'{"texts": ["a"]}'), ("/health", b"{}"), ("/embed", b'{"texts": ["a"]}')):
+            connection.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+            response = connection.getresponse()
+            payload = json.loads(response.read())
+            assert response.status == {"/nowhere": 404, "/health": 405, "/embed": 200}[path], payload
+            connection.request("GET", "/health")
+            response = connection.getresponse()
+            assert response.status == 200 and json.loads(response.read()) == {"status": "ok"}
+    finally:
+        connection.close()
+
+
 def test_urls_are_fetched_only_when_allowed(clip):
     from clipfast.image_io import load_image
 

@@ -288,6 +288,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _answer(self, method: str) -> None:
         path = self.path.split("?", 1)[0].rstrip("/") or "/"
+        self._body_read = False
         try:
             endpoint = self.routes.get((method, path))
             if endpoint is None:
@@ -301,6 +302,8 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception:  # a bug or an out-of-memory: logged here, one line to the client
             logger.exception("%s %s failed", method, path)
             status, payload = HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "Internal error; see the server log."}
+        if not self._body_read and self.headers.get("Content-Length", "0") != "0":
+            self.close_connection = True  # an unread body must not be taken for the next request on this connection
         self._send(status, payload)
 
     def _no_route(self, method: str, path: str) -> RequestError:
@@ -319,13 +322,12 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             size = int(length)
         except ValueError:
-            self.close_connection = True
             raise RequestError(f"Bad Content-Length {length!r}.") from None
         if size < 0 or size > self.max_body:
-            self.close_connection = True  # the unread body must not be taken for the next request
             raise RequestError(f"The body is {size} bytes; this server takes at most {self.max_body}.",
                                HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
         raw = self.rfile.read(size)
+        self._body_read = True
         try:
             return json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
