@@ -422,11 +422,14 @@ def test_open_clip_models_with_another_tokenizer(tmp_path, text_cfg, found):
 
 def test_open_clip_image_size_is_the_models_crop(tmp_path):
     """open_clip crops to the model's image_size, which need not be a multiple of the patch size (the conv drops the
-    rest), whatever preprocess_cfg's size says; clipfast's model and processor follow, and match open_clip."""
+    rest), whatever preprocess_cfg's size says, and rounds half-pixel crop offsets to even (torchvision); the
+    model and processors clipfast.load gives follow it, to the pixel."""
     from PIL import Image
 
-    # a size whose crops start on whole pixels: open_clip rounds half offsets to even, transformers rounds down
-    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 36, 3), dtype=np.uint8))
+    rng = np.random.default_rng(0)
+    # crops that start on whole pixels, on half pixels that round down, and on half pixels that round up
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+              for h, w in ((48, 36), (41, 36), (39, 36), (36, 43), (50, 41), (64, 97))]
     for image_size, preprocess in ((36, {}), (32, {"size": 48})):
         cfg = _tiny(vision_cfg={"image_size": image_size})
         folder = tmp_path / f"oc{image_size}"
@@ -438,12 +441,19 @@ def test_open_clip_image_size_is_the_models_crop(tmp_path):
         (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": preprocess}))
         model, _, processor = clipfast.load(folder)
         _, _, transform = open_clip.create_model_and_transforms(f"local-dir:{folder}")
-        pixels = processor(image, return_tensors="pt")["pixel_values"]
+        want = torch.stack([transform(image) for image in images])
+        pixels = processor(images, return_tensors="pt")["pixel_values"]
         assert model.config.vision_config.image_size == image_size and pixels.shape[-1] == image_size
-        torch.testing.assert_close(pixels, transform(image)[None], atol=1e-6, rtol=0)
+        torch.testing.assert_close(pixels, want, atol=1e-6, rtol=0)
+        fast = clipfast.CLIPImageProcessorFast(**processor.to_dict())(images, return_tensors="pt")["pixel_values"]
+        assert (fast - want).abs().max() <= 0.02  # one uint8 level, the fast class's PIL lane
         with torch.no_grad():
-            torch.testing.assert_close(model.get_image_features(pixel_values=pixels), reference.encode_image(pixels),
+            torch.testing.assert_close(model.get_image_features(pixel_values=pixels), reference.encode_image(want),
                                        atol=1e-5, rtol=1e-5)
+        # a converted folder crops as transformers does, for transformers to read alike
+        cv.convert(folder, tmp_path / f"hf{image_size}")
+        written = json.loads((tmp_path / f"hf{image_size}" / "preprocessor_config.json").read_text())
+        assert "crop_rounding" not in written
 
 
 @pytest.mark.parametrize("key, found", [("text_decoder.resblocks.0.ln_1.weight", "CoCa"),

@@ -412,3 +412,29 @@ def test_fast_cpu_lane_layouts_and_return_types(photos):
     kwargs = {"do_rescale": False, "do_normalize": False}
     assert torch.equal(fast(images, return_tensors="pt", **kwargs).pixel_values,
                        torch.from_numpy(slow(images, return_tensors="np", **kwargs).pixel_values))
+
+
+def test_crop_rounding_half_even_crops_where_torchvision_does(tmp_path):
+    """crop_rounding="half_even" (clipfast's option, set for open_clip checkpoints) crops and pads where
+    torchvision's CenterCrop does; "floor" (the default) where transformers does. Saved only when set."""
+    from torchvision.transforms import functional as tvf
+
+    rng = np.random.default_rng(0)
+    for h, w in ((39, 36), (36, 43), (30, 30), (20, 33), (37, 20)):  # half offsets both ways, and padding
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        want = tvf.center_crop(torch.from_numpy(image).permute(2, 0, 1), [30, 30]).float() / 255
+        for cls in (CLIPImageProcessor, CLIPImageProcessorFast):
+            processor = cls(do_resize=False, do_normalize=False, crop_size=30, crop_rounding="half_even")
+            got = processor(image, return_tensors="pt")["pixel_values"][0]
+            assert (got - want).abs().max() <= 1e-6, (cls.__name__, h, w)
+            floor = cls(do_resize=False, do_normalize=False, crop_size=30)(image, return_tensors="np")
+            theirs = transformers.CLIPImageProcessor(do_resize=False, do_normalize=False, crop_size=30)(
+                image, return_tensors="np")
+            assert _max_diff(floor["pixel_values"], theirs["pixel_values"]) <= 1e-6
+    processor = CLIPImageProcessor(crop_rounding="half_even")
+    processor.save_pretrained(tmp_path)
+    assert CLIPImageProcessor.from_pretrained(tmp_path).crop_rounding == "half_even"
+    assert "crop_rounding" not in CLIPImageProcessor().to_dict()
+    transformers.CLIPImageProcessor.from_pretrained(tmp_path)  # an extra key transformers keeps and ignores
+    with pytest.raises(InputError, match="crop_rounding='nearest'"):
+        CLIPImageProcessor()(np.zeros((8, 8, 3), np.uint8), crop_rounding="nearest")

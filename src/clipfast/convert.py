@@ -501,9 +501,11 @@ def _open_clip_architecture(model_cfg: dict[str, Any], state_dict: dict[str, tor
 _RESAMPLE = {"bicubic": 3, "bilinear": 2}  # PIL codes; open_clip's 'random' is a training augmentation
 
 
-def image_processor_config(preprocess_cfg: dict[str, Any], image_size: int) -> dict[str, Any]:
+def image_processor_config(preprocess_cfg: dict[str, Any], image_size: int, open_clip_crop: bool = True
+                           ) -> dict[str, Any]:
     """``preprocessor_config.json`` (transformers format) for open_clip's ``preprocess_cfg`` and the model's
-    ``image_size``.
+    ``image_size``; with ``open_clip_crop``, center crops where open_clip's torchvision transform does
+    (``crop_rounding="half_even"``, a clipfast option), else where transformers does (for folders it reads).
 
     Raises CheckpointError where CLIPImageProcessor cannot express it (resize_mode 'longest', which pads).
 
@@ -526,8 +528,9 @@ def image_processor_config(preprocess_cfg: dict[str, Any], image_size: int) -> d
     else:
         raise CheckpointError(f"preprocess_cfg resize_mode {mode!r} (resize the longest side, then pad) cannot be "
                               "expressed by CLIPImageProcessor; supported: 'shortest', 'squash'.")
-    return {"crop_size": {"height": int(size), "width": int(size)}, "do_center_crop": crop, "do_convert_rgb": True,
-            "do_normalize": True, "do_rescale": True, "do_resize": True,
+    rounding = {"crop_rounding": "half_even"} if crop and open_clip_crop else {}
+    return {**rounding, "crop_size": {"height": int(size), "width": int(size)}, "do_center_crop": crop,
+            "do_convert_rgb": True, "do_normalize": True, "do_rescale": True, "do_resize": True,
             "image_mean": [float(x) for x in preprocess_cfg.get("mean") or OPENAI_MEAN],
             "image_processor_type": "CLIPImageProcessor",
             "image_std": [float(x) for x in preprocess_cfg.get("std") or OPENAI_STD],
@@ -576,11 +579,13 @@ class Checkpoint:
     tokenizer_name: str | None = None  # what open_clip tokenizes with, when not OpenAI's plain BPE
     hub_kwargs: dict[str, Any] = field(default_factory=dict)
 
-    def image_processor_config(self) -> dict[str, Any]:
-        """``preprocessor_config.json`` content for this checkpoint."""
+    def image_processor_config(self, open_clip_crop: bool = True) -> dict[str, Any]:
+        """``preprocessor_config.json`` content for this checkpoint (for OpenAI and open_clip checkpoints, cropping
+        where open_clip does unless ``open_clip_crop=False``: see :func:`image_processor_config`)."""
         if self.image_processor is not None:
             return self.image_processor
-        return image_processor_config(self.preprocess_cfg or {}, self.config.vision_config.image_size)
+        return image_processor_config(self.preprocess_cfg or {}, self.config.vision_config.image_size,
+                                      open_clip_crop)
 
     def open_clip_preprocess_cfg(self) -> dict[str, Any]:
         """open_clip's ``preprocess_cfg`` for this checkpoint."""
@@ -903,8 +908,9 @@ def _write_hf(ckpt: Checkpoint, destination: str) -> list[str]:
     """config.json + model.safetensors, tokenizer files, preprocessor_config.json (checked before writing)."""
     from clipfast.modeling import CLIPModel
 
-    processor = ckpt.image_processor_config() if ckpt.format != "hf" else ckpt.image_processor
-    tokenizer = ckpt.tokenizer(openai_cleaning=False) if ckpt.format != "hf" else _optional(ckpt.tokenizer)
+    foreign = ckpt.format != "hf"  # the folder is for transformers too: its crop and text cleaning
+    processor = ckpt.image_processor_config(open_clip_crop=False) if foreign else ckpt.image_processor
+    tokenizer = ckpt.tokenizer(openai_cleaning=False) if foreign else _optional(ckpt.tokenizer)
     model = build_model(CLIPModel, ckpt)
     model.save_pretrained(destination)
     written = [os.path.join(destination, n) for n in (hub.CONFIG_NAME, hub.SAFE_WEIGHTS)]

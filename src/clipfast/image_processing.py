@@ -304,35 +304,45 @@ def _output_size(height: int, width: int, size: dict[str, int]) -> tuple[int, in
     raise InputError(f"Size must contain either 'shortest_edge' or 'height' and 'width', got {sorted(size)}.")
 
 
-def _crop_box(height: int, width: int, crop_h: int, crop_w: int) -> tuple[int, int, int, int] | None:
-    """(top, left, crop_h, crop_w) of the reference's center crop, or None when it needs zero padding."""
-    top, left = (height - crop_h) // 2, (width - crop_w) // 2
-    if top >= 0 and left >= 0:
-        return top, left, crop_h, crop_w
-    return None
+CROP_ROUNDINGS = ("floor", "half_even")
 
 
-def _center_crop(image: np.ndarray, crop_h: int, crop_w: int, fmt: str) -> np.ndarray:
-    """The reference's center crop of an array in layout ``fmt``."""
+def _axis_crop(size: int, crop: int, rounding: str) -> tuple[int, int]:
+    """(zero lines padded before the image, first line kept) of a center crop along one axis.
+
+    ``"floor"`` is transformers' crop: offsets round down, and padding puts the odd line first. ``"half_even"`` is
+    torchvision's (open_clip's): offsets round half to even, and padding puts the odd line last.
+    """
+    if crop > size:
+        return ((crop - size) // 2 if rounding == "half_even" else (crop - size + 1) // 2), 0
+    return 0, (round((size - crop) / 2) if rounding == "half_even" else (size - crop) // 2)
+
+
+def _crop_box(height: int, width: int, crop_h: int, crop_w: int, rounding: str = "floor"
+              ) -> tuple[int, int, int, int] | None:
+    """(top, left, crop_h, crop_w) of the center crop, or None when it needs zero padding."""
+    (pad_top, top), (pad_left, left) = _axis_crop(height, crop_h, rounding), _axis_crop(width, crop_w, rounding)
+    return None if pad_top or pad_left else (top, left, crop_h, crop_w)
+
+
+def _center_crop(image: np.ndarray, crop_h: int, crop_w: int, fmt: str, rounding: str = "floor") -> np.ndarray:
+    """The center crop of an array in layout ``fmt`` (zero-padded where the image is smaller than the crop)."""
     chw = np.moveaxis(image, -1, 0) if fmt == LAST else image
-    box = _crop_box(chw.shape[-2], chw.shape[-1], crop_h, crop_w)
-    if box is None:
-        out = _padded_crop(chw, crop_h, crop_w)
-    else:
-        out = chw[..., box[0]:box[0] + crop_h, box[1]:box[1] + crop_w]
+    out = _padded_crop(chw, crop_h, crop_w, rounding, np.zeros_like)
     return np.moveaxis(out, 0, -1) if fmt == LAST else out
 
 
-def _padded_crop(image: np.ndarray, crop_h: int, crop_w: int) -> np.ndarray:
-    """Center crop of a (..., H, W) array smaller than the crop: zero-pad with the odd pixel top/left, as the
-    reference's PIL path does, then crop."""
+def _padded_crop(image: Any, crop_h: int, crop_w: int, rounding: str, zeros_like: Any) -> Any:
+    """Center crop of a (..., H, W) array or tensor, zero-padding (``zeros_like(x, shape=...)``) where it is
+    smaller than the crop; a view when no padding is needed."""
     height, width = image.shape[-2:]
-    new_h, new_w = max(crop_h, height), max(crop_w, width)
-    pad_top, pad_left = math.ceil((new_h - height) / 2), math.ceil((new_w - width) / 2)
-    padded = np.zeros_like(image, shape=image.shape[:-2] + (new_h, new_w))
-    padded[..., pad_top:pad_top + height, pad_left:pad_left + width] = image
-    top, left = (height - crop_h) // 2 + pad_top, (width - crop_w) // 2 + pad_left
-    return padded[..., max(0, top):min(new_h, top + crop_h), max(0, left):min(new_w, left + crop_w)]
+    (pad_top, top), (pad_left, left) = _axis_crop(height, crop_h, rounding), _axis_crop(width, crop_w, rounding)
+    if pad_top or pad_left:
+        new_h, new_w = max(crop_h, height), max(crop_w, width)
+        padded = zeros_like(image, shape=tuple(image.shape[:-2]) + (new_h, new_w))
+        padded[..., pad_top:pad_top + height, pad_left:pad_left + width] = image
+        image = padded
+    return image[..., top:top + crop_h, left:left + crop_w]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -468,7 +478,7 @@ class _CLIPImageProcessorBase:
 
     def _options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """Call-time options: each keyword overrides the attribute of the same name; unknown keywords are logged."""
-        unknown = set(kwargs) - set(_PREPROCESS_KEYS) - set(self._extra_call_keys())
+        unknown = set(kwargs) - set(_PREPROCESS_KEYS) - set(self._extra_call_keys()) - {"crop_rounding"}
         if unknown:
             logger.warning("Unused or unrecognized kwargs: %s.", ", ".join(sorted(unknown)))
         # the reference reads these three only from the call (the fast class also from its attributes)
@@ -488,6 +498,11 @@ class _CLIPImageProcessorBase:
             raise InputError("resample must be set when do_resize is True.")
         if opts["do_center_crop"] and not {"height", "width"} <= set(opts["crop_size"]):
             raise InputError(f"crop_size needs 'height' and 'width', got {sorted(opts['crop_size'])}.")
+        # clipfast's own option (kept in the config only when set): "half_even" crops where open_clip does
+        opts["crop_rounding"] = kwargs.get("crop_rounding") or getattr(self, "crop_rounding", None) or "floor"
+        if opts["crop_rounding"] not in CROP_ROUNDINGS:
+            raise InputError(f"crop_rounding={opts['crop_rounding']!r} is not known; use 'floor' (transformers' "
+                             "center crop) or 'half_even' (torchvision's and open_clip's).")
         return opts
 
     def _extra_call_keys(self) -> tuple[str, ...]:
@@ -720,7 +735,8 @@ def _process_one(image: Any, fmt: str, opts: dict[str, Any], tables: dict) -> np
     if image.ndim == 2:  # a one-band PIL result comes back as (H, W)
         image = image[:, :, None] if fmt == LAST else image[None]
     if opts["do_center_crop"]:
-        image = _center_crop(image, opts["crop_size"]["height"], opts["crop_size"]["width"], fmt)
+        image = _center_crop(image, opts["crop_size"]["height"], opts["crop_size"]["width"], fmt,
+                             opts["crop_rounding"])
     channel_axis = 0 if fmt == FIRST else image.ndim - 1
     if image.dtype == np.uint8:
         table = tables.get((image.shape[channel_axis], unscale))
@@ -1129,11 +1145,11 @@ def _resized_rgb(image: "PIL.Image.Image", opts: dict[str, Any], exact: bool = F
         image = image.convert("RGB")
     height, width = _output_size(image.height, image.width, opts["size"])
     kind, crop = opts["resample"], opts["crop_size"] if opts["do_center_crop"] else None
-    box = _crop_box(height, width, crop["height"], crop["width"]) if crop else None
+    box = _crop_box(height, width, crop["height"], crop["width"], opts["crop_rounding"]) if crop else None
     if box is not None and kind in _BOXED_FILTERS and not exact:
         return np.array(_pillow_resize_crop(image, height, width, kind, box))
     array = np.array(image.resize((width, height), kind, reducing_gap=None))
-    return _center_crop(array, crop["height"], crop["width"], LAST) if crop else array
+    return _center_crop(array, crop["height"], crop["width"], LAST, opts["crop_rounding"]) if crop else array
 
 
 def _pillow_resize_crop(image: "PIL.Image.Image", out_h: int, out_w: int, kind: int,
@@ -1232,14 +1248,14 @@ def _process_batch(batch: "torch.Tensor", opts: dict[str, Any], unscale: bool) -
     crop = opts["crop_size"] if opts["do_center_crop"] else None
     if opts["do_resize"]:
         out_h, out_w = _output_size(batch.shape[-2], batch.shape[-1], opts["size"])
-        box = _crop_box(out_h, out_w, crop["height"], crop["width"]) if crop else None
+        box = _crop_box(out_h, out_w, crop["height"], crop["width"], opts["crop_rounding"]) if crop else None
         chunk = _CPU_CHUNK if batch.device.type == "cpu" else len(batch)
         batch = torch.cat([pil_resize_crop(part, out_h, out_w, opts["resample"], box)
                            for part in batch.split(chunk)])
         if crop and box is None:
-            batch = _crop_torch(batch, crop["height"], crop["width"])
+            batch = _crop_torch(batch, crop["height"], crop["width"], opts["crop_rounding"])
     elif crop:
-        batch = _crop_torch(batch, crop["height"], crop["width"])
+        batch = _crop_torch(batch, crop["height"], crop["width"], opts["crop_rounding"])
     if batch.dtype == torch.uint8:
         table = _lookup_table(batch.shape[1], opts, unscale)
         batch = batch if table is None else _apply_table_torch(batch, table)
@@ -1248,18 +1264,9 @@ def _process_batch(batch: "torch.Tensor", opts: dict[str, Any], unscale: bool) -
     return batch.permute(0, 2, 3, 1) if opts["data_format"] == LAST else batch
 
 
-def _crop_torch(batch: "torch.Tensor", crop_h: int, crop_w: int) -> "torch.Tensor":
-    """The PIL path's center crop (zero padding with the odd pixel top/left) of a (B, C, H, W) tensor."""
-    height, width = batch.shape[-2:]
-    box = _crop_box(height, width, crop_h, crop_w)
-    if box is not None:
-        return batch[..., box[0]:box[0] + crop_h, box[1]:box[1] + crop_w]
-    new_h, new_w = max(crop_h, height), max(crop_w, width)
-    pad_top, pad_left = math.ceil((new_h - height) / 2), math.ceil((new_w - width) / 2)
-    padded = batch.new_zeros(batch.shape[:-2] + (new_h, new_w))
-    padded[..., pad_top:pad_top + height, pad_left:pad_left + width] = batch
-    top, left = (height - crop_h) // 2 + pad_top, (width - crop_w) // 2 + pad_left
-    return padded[..., max(0, top):min(new_h, top + crop_h), max(0, left):min(new_w, left + crop_w)]
+def _crop_torch(batch: "torch.Tensor", crop_h: int, crop_w: int, rounding: str = "floor") -> "torch.Tensor":
+    """The center crop of a (B, C, H, W) tensor, as :func:`_center_crop` does it."""
+    return _padded_crop(batch, crop_h, crop_w, rounding, lambda x, shape: x.new_zeros(shape))
 
 
 def _apply_table_torch(batch: "torch.Tensor", table: np.ndarray) -> "torch.Tensor":
