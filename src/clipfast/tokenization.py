@@ -990,6 +990,8 @@ def openai_clean(text: str) -> str:
         >>> openai_clean("Tom &amp;amp; Jerry\t ")
         'Tom & Jerry'
     """
+    if _patterns()[2].search(text) is None:  # printable ASCII without '&': only the whitespace changes
+        return " ".join(text.split())
     try:
         import ftfy
     except ImportError:
