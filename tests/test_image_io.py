@@ -290,3 +290,12 @@ def test_batches_inside_inference_mode(tmp_path):
         batches = [pixels for _, pixels in iter_image_batches(paths, fast, batch_size=2)]
         direct = fast([Image.open(p) for p in paths], return_tensors="pt").pixel_values
     assert torch.equal(torch.cat(batches), direct)
+
+
+def test_decompression_bombs_are_refused_clearly(tmp_path, monkeypatch):
+    path = tmp_path / "big.png"
+    Image.new("RGB", (300, 300)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow refuses above twice this
+    with pytest.raises(ImageLoadError, match=r"big.png.* is too large to decode safely .*MAX_IMAGE_PIXELS") as info:
+        load_image(path)
+    assert ".." not in str(info.value)

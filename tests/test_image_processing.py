@@ -438,3 +438,12 @@ def test_crop_rounding_half_even_crops_where_torchvision_does(tmp_path):
     transformers.CLIPImageProcessor.from_pretrained(tmp_path)  # an extra key transformers keeps and ignores
     with pytest.raises(InputError, match="crop_rounding='nearest'"):
         CLIPImageProcessor()(np.zeros((8, 8, 3), np.uint8), crop_rounding="nearest")
+
+
+def test_one_pixel_tall_pil_images_are_images():
+    """A PIL image is (H, W, C) whatever its size: a 1-pixel-tall one is not taken for channels first (the
+    reference's shape guess refuses it)."""
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (1, 5, 3), dtype=np.uint8))
+    exact = CLIPImageProcessor()(image, return_tensors="pt")["pixel_values"]
+    fast = CLIPImageProcessorFast()(image, return_tensors="pt")["pixel_values"]
+    assert exact.shape == fast.shape == (1, 3, 224, 224) and (exact - fast).abs().max() <= ONE_LEVEL

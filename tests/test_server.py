@@ -150,6 +150,10 @@ def test_openai_embeddings(client, clip):
     ("/v1/embeddings", {"input": "a", "encoding_format": "int8"}, 400, "encoding_format"),
     ("/v1/embeddings", {"input": "a", "dimensions": 8}, 400, "16 dimensions"),
     ("/nowhere", {}, 404, "No endpoint /nowhere; there are GET /health"),
+    ("/classify", {"images": [_b64(_png(0))], "labels": ["cat"], "hypothesis_template": "{0.x}"}, 400, "template"),
+    ("/embed", {"texts": ["ok", "bad \ud800"]}, 400, r"texts\[1\] is not valid Unicode"),
+    ("/v1/embeddings", {"input": "\udfff"}, 400, r"input\[0\] is not valid Unicode"),
+    ("/v1/embeddings", {"input": "a", "encoding_format": ""}, 400, "encoding_format"),
 ])
 def test_bad_requests_get_a_status_and_a_clear_message(client, path, body, status, match):
     import re
@@ -195,6 +199,71 @@ def test_keep_alive_connections_survive_errors(client):
         connection.close()
 
 
+def _raw(client, request: bytes) -> tuple[bytes, bytes]:
+    """Send raw bytes on a new connection; (status line, body) of the first answer."""
+    host, port = client.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.sendall(request)
+        reply = b""
+        while b"\r\n\r\n" not in reply or len(reply.partition(b"\r\n\r\n")[2]) < _length(reply):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    return head.split(b"\r\n")[0], body
+
+
+def _length(reply: bytes) -> int:
+    for line in reply.partition(b"\r\n\r\n")[0].split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return int(line.split(b":")[1])
+    return 0
+
+
+@pytest.mark.parametrize("request_bytes, status, match", [
+    (b"HEAD /embed HTTP/1.1\r\nHost: x\r\n\r\n", b"405", b""),  # HEAD: no body
+    (b"PUT /embed HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}", b"405", b"takes POST"),
+    (b"OPTIONS /health HTTP/1.1\r\nHost: x\r\n\r\n", b"405", b"takes GET"),
+    (b"GARBAGE\r\n\r\n", b"400", b'{"error": "Bad request syntax'),
+    (b"GET /health HTTP/2.0\r\nHost: x\r\n\r\n", b"505", b'{"error"'),
+    (b"POST /embed HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", b"411",
+     b"Chunked"),
+    (b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}", b"400",
+     b"Bad Content-Length"),
+    (b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Length: 1_0\r\n\r\n", b"400", b"Bad Content-Length"),
+    (b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n" + b"1" * 5000, b"400", b"not valid JSON"),
+    (b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Length: 20000\r\n\r\n" + b"[" * 20000, b"400", b"not valid JSON"),
+    (b"POST /embed HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 999999999\r\n\r\n", b"413",
+     b"at most"),
+    (b"GET http://example.com/health HTTP/1.1\r\nHost: x\r\n\r\n", b"200", b'{"status": "ok"}'),
+])
+def test_protocol_refusals_are_json(client, request_bytes, status, match):
+    """Malformed, chunked, conflicting or oversized requests get a JSON 4xx (never http.server's HTML page), and
+    the connection is not reused for a body that was not read."""
+    line, body = _raw(client, request_bytes)
+    assert line.split()[1] == status, (line, body)
+    assert match in body, body
+    if status == b"405":
+        host, port = client.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(request_bytes)
+            head = sock.recv(65536).partition(b"\r\n\r\n")[0]
+        assert b"\r\nAllow: " in head
+
+
+def test_odd_but_valid_inputs_work(client, clip):
+    """URL-safe base64, a 1-pixel-tall image, "truncate": null."""
+    from clipfast.image_io import load_image
+
+    data = _png(7, (1, 5))  # one pixel tall: the reference's channel guess calls it channels first
+    urlsafe = base64.urlsafe_b64encode(data).decode().rstrip("=")
+    status, out = client("/embed", {"images": [urlsafe], "texts": ["a"], "truncate": None})
+    assert status == 200, out
+    assert torch.allclose(torch.tensor(out["image_embeddings"]), clip.image_embeddings([load_image(data)]),
+                          atol=1e-6)
+
+
 def test_urls_are_fetched_only_when_allowed(clip):
     from clipfast.image_io import load_image
 
@@ -234,6 +303,10 @@ def test_the_serve_command(model_dir):
     bad = subprocess.run([sys.executable, "-m", "clipfast", "serve", "--model", str(model_dir), "--port", "70000"],
                          env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--port must be" in bad.stderr
+    for value in ("nan", "inf", "1e-9"):
+        bad = subprocess.run([sys.executable, "-m", "clipfast", "serve", "--model", str(model_dir),
+                              "--max-body-mb", value], env=env, capture_output=True, text=True, timeout=120)
+        assert bad.returncode == 2 and "--max-body-mb a positive number" in bad.stderr, bad.stderr
     proc = subprocess.Popen([sys.executable, "-m", "clipfast", "serve", "--model", str(model_dir), "--port", "0"],
                             env=env, stderr=subprocess.PIPE, text=True)
     try:

@@ -21,6 +21,7 @@ import argparse
 import glob
 import inspect
 import json
+import math
 import os
 import sys
 import warnings
@@ -525,14 +526,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from clipfast.server import make_server
 
     _check_batch_size(args)
-    if not 0 <= args.port <= 65535 or args.max_body_mb <= 0 or args.max_items < 1:
-        args.parser.error("--port must be 0-65535, --max-body-mb positive and --max-items at least 1")
+    max_body = args.max_body_mb * 1024 * 1024
+    if not 0 <= args.port <= 65535 or not (math.isfinite(max_body) and max_body >= 1) or args.max_items < 1:
+        args.parser.error("--port must be 0-65535, --max-body-mb a positive number and --max-items at least 1")
     model = _model_name(args)
     clip = _load_pipeline(model, args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     try:
         server = make_server(clip, host=args.host, port=args.port, model_name=model, allow_urls=args.allow_urls,
-                             max_body=int(args.max_body_mb * 1024 * 1024), max_items=args.max_items,
+                             max_body=int(max_body), max_items=args.max_items,
                              batch_size=args.batch_size)
     except OSError as exc:
         raise ClipfastError(f"Cannot listen on {args.host}:{args.port}: {exc.strerror or exc}.") from None

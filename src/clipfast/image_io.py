@@ -281,10 +281,11 @@ def _read_capped(url: str, response: Any, max_bytes: int, limit: float | None) -
 
 
 def _b64decode(text: str, what: str) -> bytes:
-    """Decode base64, accepting missing padding and newlines."""
+    """Decode base64 (standard or URL-safe alphabet), accepting missing padding and newlines."""
     cleaned = "".join(text.split())
+    altchars = b"-_" if "-" in cleaned or "_" in cleaned else None
     try:
-        return base64.b64decode(cleaned + "=" * (-len(cleaned) % 4), validate=True)
+        return base64.b64decode(cleaned + "=" * (-len(cleaned) % 4), altchars=altchars, validate=True)
     except (binascii.Error, ValueError) as err:
         raise ImageLoadError(f"Cannot decode {what} as base64: {err}.") from None
 
@@ -329,8 +330,11 @@ def _decode_stream(stream: Any, what: str) -> "PIL.Image.Image":
         image.load()
     except UnidentifiedImageError:
         raise ImageLoadError(f"{what} is not an image in a format Pillow can read.") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise ImageLoadError(f"{what} is a corrupt or truncated image: {err}.") from None
+    except Image.DecompressionBombError as err:
+        raise ImageLoadError(f"{what} is too large to decode safely ({str(err).rstrip('.')}); raise "
+                             "PIL.Image.MAX_IMAGE_PIXELS if you trust it.") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ImageLoadError(f"{what} is a corrupt or truncated image: {str(err).rstrip('.')}.") from None
     return _orient_rgb(image, what, owned=True)
 
 

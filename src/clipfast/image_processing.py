@@ -685,7 +685,11 @@ def _pillow_pipeline(images: list[Any], opts: dict[str, Any]) -> list[np.ndarray
     """The exact PIL/NumPy path for a list of images, spread over the thread pool."""
     if opts["do_convert_rgb"]:
         images = [_convert_rgb(image) for image in images]
-    fmt = _channel_format(_shape_of(images[0]), opts["input_data_format"])
+    from PIL import Image
+
+    # a PIL image is (H, W, C) whatever its size; the reference's guess takes a 1-pixel-tall one for channels first
+    pil_first = isinstance(images[0], Image.Image) and opts["input_data_format"] is None
+    fmt = LAST if pil_first else _channel_format(_shape_of(images[0]), opts["input_data_format"])
     first = images[0] if isinstance(images[0], np.ndarray) else None
     if opts["do_rescale"] and first is not None and first.dtype != np.uint8 and first.min() >= 0 \
             and first.max() <= 1:

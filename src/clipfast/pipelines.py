@@ -203,7 +203,7 @@ def _fill(template: str, label: str) -> str:
     """``template.format(label)``, with a clear error for a template that cannot take one label."""
     try:
         return template.format(label)
-    except (KeyError, IndexError, ValueError) as exc:
+    except (KeyError, IndexError, ValueError, AttributeError, TypeError) as exc:  # {x}, {1}, {:d}, {0.a}, {0[x]}
         raise InputError(f"hypothesis_template={template!r} cannot take a label ({exc!r}): it needs one {{}} where "
                          "the label goes and no other {...} fields (write {{ }} for braces).") from None
 

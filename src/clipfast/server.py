@@ -30,7 +30,9 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import socket
 import threading
+import urllib.parse
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Callable
@@ -45,6 +47,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_BODY = 64 * 1024 * 1024  # base64 images are ~4/3 of their files
 DEFAULT_MAX_ITEMS = 1024
 _READ_TIMEOUT = 30.0  # seconds a client may take to send its request: a stalled client frees its thread
+_DRAIN_LIMIT = 64 * 1024 * 1024  # bytes of a refused body read and dropped, so that its sender sees the answer
 
 
 class RequestError(ClipfastError, ValueError):
@@ -128,9 +131,10 @@ class ClipService:
         body = _object(body, ("input", "model", "encoding_format", "dimensions", "user"))
         if "input" not in body:
             raise RequestError('Missing "input": a string or a list of strings.')
-        texts = [body["input"]] if isinstance(body["input"], str) else _strings(body, "input")
+        texts = _strings({"input": [body["input"]] if isinstance(body["input"], str) else body["input"]}, "input")
         self._check_count(len(texts))
-        encoding = body.get("encoding_format") or "float"
+        encoding = body.get("encoding_format", "float")
+        encoding = "float" if encoding is None else encoding
         if encoding not in ("float", "base64"):
             raise RequestError(f'"encoding_format" must be "float" or "base64", got {encoding!r}.')
         dim = int(self.clip.model.config.projection_dim)
@@ -209,8 +213,9 @@ def _load_item(index: int, source: Any) -> Any:
     try:
         return load_image(source)
     except ClipfastError as err:
-        raise RequestError(f"images[{index}]: {err} Images are base64 strings or data:image/...;base64, URIs; this "
-                           "server does not read file paths.") from None
+        hint = "" if isinstance(source, str) else (" Images are base64 strings or data:image/...;base64, URIs; this "
+                                                   "server does not read file paths.")
+        raise RequestError(f"images[{index}]: {err}{hint}") from None
 
 
 def _object(body: Any, known: tuple[str, ...]) -> dict[str, Any]:
@@ -232,11 +237,25 @@ def _strings(body: dict[str, Any], key: str, required: bool = True) -> list[str]
     if not isinstance(value, list) or not value or not all(isinstance(item, str) for item in value):
         raise RequestError(f'"{key}" must be a non-empty list of strings, got '
                            f"{json.dumps(value)[:80] if value is not None else 'nothing'}.")
+    for index, item in enumerate(value):
+        try:
+            item.encode("utf-8")
+        except UnicodeEncodeError:  # JSON's \ud800 escapes decode to lone surrogates, which no text can hold
+            code = ord(item[_surrogate(item)])
+            raise RequestError(f"{key}[{index}] is not valid Unicode (a lone surrogate, \\u{code:x}).") from None
     return value
 
 
+def _surrogate(text: str) -> int:
+    """Index of the first lone surrogate in ``text``."""
+    return next(i for i, c in enumerate(text) if 0xD800 <= ord(c) <= 0xDFFF)
+
+
 def _flag(body: dict[str, Any], key: str) -> bool:
-    value = body.get(key, False)
+    """``body[key]`` as true or false (absent or null: false)."""
+    value = body.get(key)
+    if value is None:
+        return False
     if not isinstance(value, bool):
         raise RequestError(f'"{key}" must be true or false, got {value!r}.')
     return value
@@ -265,14 +284,17 @@ def make_server(clip: Any, host: str = "127.0.0.1", port: int = 8000, model_name
               ("POST", "/embed"): service.embed, ("POST", "/classify"): service.classify,
               ("POST", "/v1/embeddings"): service.openai_embeddings}
     handler = type("ClipHandler", (_Handler,), {"routes": routes, "max_body": max_body})
-    server = ThreadingHTTPServer((host, port), handler)
+    server_class = ThreadingHTTPServer
+    if ":" in host:  # an IPv6 address ("::1", "::")
+        server_class = type("ThreadingHTTPServer6", (ThreadingHTTPServer,), {"address_family": socket.AF_INET6})
+    server = server_class((host, port), handler)
     server.daemon_threads = True
     server.service = service  # type: ignore[attr-defined]
     return server
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """Routes a request to its endpoint and turns every outcome into a JSON answer."""
+    """Routes a request to its endpoint and turns every outcome, protocol errors included, into a JSON answer."""
 
     routes: dict[tuple[str, str], Callable[[Any], dict[str, Any]]] = {}
     max_body = DEFAULT_MAX_BODY
@@ -280,19 +302,37 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "clipfast"
 
-    def do_GET(self) -> None:  # noqa: N802 (the name http.server dispatches to)
+    def do_GET(self) -> None:  # noqa: N802 (the names http.server dispatches to)
         self._answer("GET")
 
     def do_POST(self) -> None:  # noqa: N802
         self._answer("POST")
 
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._answer("HEAD")
+
+    def do_PUT(self) -> None:  # noqa: N802
+        self._answer("PUT")
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._answer("DELETE")
+
+    def do_PATCH(self) -> None:  # noqa: N802
+        self._answer("PATCH")
+
+    def do_OPTIONS(self) -> None:  # noqa: N802
+        self._answer("OPTIONS")
+
     def _answer(self, method: str) -> None:
-        path = self.path.split("?", 1)[0].rstrip("/") or "/"
-        self._body_read = False
+        path = self._route_path()
+        self._body_read, headers = False, {}
         try:
+            self._check_framing()
             endpoint = self.routes.get((method, path))
             if endpoint is None:
-                raise self._no_route(method, path)
+                allowed = sorted(m for m, p in self.routes if p == path)
+                headers = {"Allow": ", ".join(allowed)} if allowed else {}
+                raise self._no_route(method, path, allowed)
             body = self._read_json() if method == "POST" else None
             status, payload = HTTPStatus.OK, endpoint(body)
         except RequestError as err:
@@ -302,46 +342,98 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception:  # a bug or an out-of-memory: logged here, one line to the client
             logger.exception("%s %s failed", method, path)
             status, payload = HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "Internal error; see the server log."}
-        if not self._body_read and self.headers.get("Content-Length", "0") != "0":
+        if not self._body_read and (self.headers.get("Content-Length", "0") != "0"
+                                    or "Transfer-Encoding" in self.headers):
             self.close_connection = True  # an unread body must not be taken for the next request on this connection
-        self._send(status, payload)
+        self._send(status, payload, headers, with_body=method != "HEAD")
 
-    def _no_route(self, method: str, path: str) -> RequestError:
-        methods = sorted(m for m, p in self.routes if p == path)
-        if methods:
-            return RequestError(f"{path} takes {' or '.join(methods)}, not {method}.", HTTPStatus.METHOD_NOT_ALLOWED)
+    def _route_path(self) -> str:
+        """The request target's path, without a query, a trailing slash, or (absolute form) scheme and host."""
+        target = self.path
+        if target.startswith(("http://", "https://")):
+            target = urllib.parse.urlsplit(target).path or "/"
+        return target.split("?", 1)[0].rstrip("/") or "/"
+
+    def _no_route(self, method: str, path: str, allowed: list[str]) -> RequestError:
+        if allowed:
+            return RequestError(f"{path} takes {' or '.join(allowed)}, not {method}.", HTTPStatus.METHOD_NOT_ALLOWED)
         listing = ", ".join(f"{m} {p}" for m, p in self.routes)
         return RequestError(f"No endpoint {path}; there are {listing}.", HTTPStatus.NOT_FOUND)
+
+    def _check_framing(self) -> None:
+        """Refuse bodies whose length is not one plain Content-Length (chunked, conflicting or malformed lengths
+        are how requests get smuggled past proxies); the connection is closed after such a request."""
+        if "Transfer-Encoding" in self.headers:
+            raise RequestError("Chunked (Transfer-Encoding) bodies are not supported; send the body with a "
+                               "Content-Length header.", HTTPStatus.LENGTH_REQUIRED)
+        lengths = {value.strip() for value in self.headers.get_all("Content-Length") or []}
+        if len(lengths) > 1 or any(not (v.isascii() and v.isdigit()) for v in lengths):
+            raise RequestError(f"Bad Content-Length {', '.join(sorted(lengths))}: send one length in bytes.")
 
     def _read_json(self) -> Any:
         """The request body parsed as JSON, within the size cap."""
         length = self.headers.get("Content-Length")
         if length is None:
-            self.close_connection = True
             raise RequestError("Send the body with a Content-Length header.", HTTPStatus.LENGTH_REQUIRED)
-        try:
-            size = int(length)
-        except ValueError:
-            raise RequestError(f"Bad Content-Length {length!r}.") from None
-        if size < 0 or size > self.max_body:
+        size = int(length)
+        if size > self.max_body:
+            self._drain(size)  # so that the client, still sending, reads this answer instead of a reset
             raise RequestError(f"The body is {size} bytes; this server takes at most {self.max_body}.",
                                HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
-        raw = self.rfile.read(size)
+        try:
+            raw = self.rfile.read(size)
+        except (TimeoutError, OSError):
+            raise RequestError(f"The body did not arrive within {self.timeout:.0f} s (Content-Length {size}).",
+                               HTTPStatus.REQUEST_TIMEOUT) from None
+        if len(raw) < size:
+            raise RequestError(f"The body ended after {len(raw)} of its {size} bytes (Content-Length).")
         self._body_read = True
         try:
             return json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise RequestError(f"The body is not valid JSON: {err}.") from None
+        except (ValueError, RecursionError) as err:  # bad JSON, bad UTF-8, a 5000-digit number, deep nesting
+            raise RequestError(f"The body is not valid JSON: {str(err)[:200]}.") from None
 
-    def _send(self, status: int, payload: dict[str, Any]) -> None:
+    def _drain(self, size: int) -> None:
+        """Read and drop up to ``_DRAIN_LIMIT`` bytes of a refused body (larger ones: the connection just closes)."""
+        left = min(size, _DRAIN_LIMIT)
+        try:
+            while left > 0 and (chunk := self.rfile.read(min(left, 1 << 16))):
+                left -= len(chunk)
+        except (TimeoutError, OSError):
+            pass  # the client stopped sending: nothing more to protect it from
+
+    def handle_expect_100(self) -> bool:
+        """Refuse an oversized body before the client sends it (instead of inviting it with 100 Continue)."""
+        length = self.headers.get("Content-Length", "")
+        if length.isascii() and length.isdigit() and int(length) > self.max_body:
+            self.close_connection = True
+            self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                       {"error": f"The body is {length} bytes; this server takes at most {self.max_body}."})
+            return False
+        return super().handle_expect_100()
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (a malformed request line, an unsupported protocol, oversized headers) as
+        JSON, like every other answer."""
+        self.close_connection = True
+        if self.request_version == "HTTP/0.9":  # not parsed yet: answer with a status line all the same
+            self.request_version = "HTTP/1.1"
+        text = message or explain or HTTPStatus(code).phrase
+        self._send(code, {"error": f"{text}."}, with_body=getattr(self, "command", None) != "HEAD")
+
+    def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None,
+              with_body: bool = True) -> None:
         data = json.dumps(payload).encode("utf-8")
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
-        self.wfile.write(data)
+        if with_body:
+            self.wfile.write(data)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's signature)
         logger.info("%s - %s", self.address_string(), format % args)
