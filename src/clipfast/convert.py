@@ -478,10 +478,10 @@ def _open_clip_architecture(model_cfg: dict[str, Any], state_dict: dict[str, tor
              "vision_cfg.layers": config.vision_config.num_hidden_layers,
              "vision_cfg.patch_size": config.vision_config.patch_size,
              "text_cfg.width": config.text_config.hidden_size, "text_cfg.layers": config.text_config.num_hidden_layers}
+    sections = {"": model_cfg, "vision_cfg": vision, "text_cfg": text}  # vision with its sizes made ints
     for name, value in found.items():
         section, _, option = name.rpartition(".")
-        stated = (vision if section == "vision_cfg" else model_cfg.get(section) or {}).get(option) if section \
-            else model_cfg.get(option)
+        stated = sections[section].get(option)
         if stated is not None and int(stated) != value:
             raise CheckpointError(f"The open_clip config says {name}={stated}, but the weights have {value}: the "
                                   "config does not describe this checkpoint.")

@@ -265,15 +265,11 @@ def _fused_sources(images: list[Any], plan: tuple | None, opts: dict[str, Any], 
     if plan is None or len(images) < 2 or opts["input_data_format"] is not None \
             or not all(isinstance(image, _SOURCES) for image in images):
         return None
+    from clipfast.image_io import DEFAULT_TIMEOUT, _submit
+
     return_tensors = opts["return_tensors"]
-    run, shape, dtype = plan
-    out = batch_buffer(len(images), shape, dtype) if shape is not None else None
-
-    def task(pair: tuple[int, Any]) -> Any:
-        index, source = pair
-        return run(_load_source(source), None if out is None else out[index])
-
-    results = _map(task, list(enumerate(images)))  # raises the first failure, in input order
+    futures, out = _submit(_thread_pool(), images, plan, DEFAULT_TIMEOUT)  # iter_image_batches' per-image tasks
+    results = [future.result() for future in futures]  # raises the first failure, in input order
     if return_tensors is not None and out is not None:
         return BatchFeature({"pixel_values": out}, tensor_type=return_tensors)
     rows = list(out) if out is not None else results

@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_BODY = 64 * 1024 * 1024  # base64 images are ~4/3 of their files
 DEFAULT_MAX_ITEMS = 1024
 _READ_TIMEOUT = 30.0  # seconds a client may take to send its request: a stalled client frees its thread
+_IMAGE_HINT = " Images are base64 strings or data:image/...;base64, URIs; this server does not read file paths."
 _DRAIN_LIMIT = 64 * 1024 * 1024  # bytes of a refused body read and dropped, so that its sender sees the answer
 
 
@@ -192,8 +193,7 @@ class ClipService:
         try:
             return _b64decode(item, f"images[{index}]")
         except ClipfastError as err:
-            raise RequestError(f"{err} Images are base64 strings or data:image/...;base64, URIs; this server does "
-                               "not read file paths.") from None
+            raise RequestError(f"{err}{_IMAGE_HINT}") from None
 
     def _batched(self, encode: Callable[[list[Any]], Any], items: list[Any], as_list: bool = True) -> Any:
         """``encode`` over ``items`` in batches, under the model lock; float32 rows (lists unless ``as_list``)."""
@@ -213,8 +213,7 @@ def _load_item(index: int, source: Any) -> Any:
     try:
         return load_image(source)
     except ClipfastError as err:
-        hint = "" if isinstance(source, str) else (" Images are base64 strings or data:image/...;base64, URIs; this "
-                                                   "server does not read file paths.")
+        hint = "" if isinstance(source, str) else _IMAGE_HINT  # (a URL's own error says enough)
         raise RequestError(f"images[{index}]: {err}{hint}") from None
 
 
@@ -240,15 +239,11 @@ def _strings(body: dict[str, Any], key: str, required: bool = True) -> list[str]
     for index, item in enumerate(value):
         try:
             item.encode("utf-8")
-        except UnicodeEncodeError:  # JSON's \ud800 escapes decode to lone surrogates, which no text can hold
-            code = ord(item[_surrogate(item)])
+        except UnicodeEncodeError as err:  # JSON's \ud800 escapes decode to lone surrogates, which no text holds
+            code = ord(item[err.start])
             raise RequestError(f"{key}[{index}] is not valid Unicode (a lone surrogate, \\u{code:x}).") from None
     return value
 
-
-def _surrogate(text: str) -> int:
-    """Index of the first lone surrogate in ``text``."""
-    return next(i for i, c in enumerate(text) if 0xD800 <= ord(c) <= 0xDFFF)
 
 
 def _flag(body: dict[str, Any], key: str) -> bool:
