@@ -30,7 +30,7 @@ TEXTS = ["a cat", "a dog on a beach", "a photo of a red car"]
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
     """model/ (tiny CLIP + real tokenizer files), imgs/ (6 images in two folders + 3 bad files), many/ (60)."""
-    from tokenizer_fixtures import write_tiny_clip
+    from helpers.tokenizer_files import write_tiny_clip
 
     root = tmp_path_factory.mktemp("cli")
     write_tiny_clip(root / "model")

@@ -24,7 +24,7 @@ import clipfast
 from clipfast import convert as cv
 from clipfast.cli import main
 from clipfast.errors import CheckpointError
-from openclip_fixtures import (IMAGENET, OPEN_CLIP_GELU, OPENAI_LIKE, build, clipfast_outputs, inputs,
+from helpers.openclip_models import (IMAGENET, OPEN_CLIP_GELU, OPENAI_LIKE, build, clipfast_outputs, inputs,
                                reference, save_open_clip_folder, save_torchscript)
 
 open_clip = pytest.importorskip("open_clip")
@@ -177,7 +177,7 @@ def test_open_clip_layouts_match_open_clip(gelu_model, tmp_path, layout):
 
 def test_open_clip_repo_from_the_hub(gelu_model, tmp_path):
     """``hf-hub:org/name`` and a plain id of a repo without config.json, served by a loopback Hub stand-in."""
-    from fake_hub import FakeHub
+    from helpers.fake_hub import FakeHub
 
     repo = save_open_clip_folder(gelu_model, OPEN_CLIP_GELU, tmp_path / "repo", IMAGENET)
     code = """

@@ -11,7 +11,7 @@ import torch
 import clipfast
 from clipfast import modeling
 from clipfast.optimize import cpu_bf16_matmuls, quantize_int8
-from conftest import tiny_config_dict
+from helpers.configs import tiny_config_dict
 
 pytestmark = pytest.mark.skipif(not modeling.mkl_packing_available(), reason="this PyTorch build has no MKL packing")
 

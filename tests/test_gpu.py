@@ -13,7 +13,7 @@ import torch
 import transformers
 
 import clipfast
-from conftest import tiny_config_dict
+from helpers.configs import tiny_config_dict
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

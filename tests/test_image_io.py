@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import image_fixtures
+import helpers.images as image_fixtures
 from clipfast.errors import ImageLoadError
 from clipfast.image_io import iter_image_batches, load_image, load_images
-from loopback import serve
+from helpers.loopback import serve
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-import image_fixtures
+import helpers.images as image_fixtures
 from clipfast.errors import ImageLoadError, InputError
 from clipfast.image_processing import BatchFeature, CLIPFeatureExtractor, CLIPImageProcessor, CLIPImageProcessorFast
 

@@ -17,8 +17,8 @@ from safetensors.torch import save_file
 
 import clipfast
 from clipfast.errors import CheckpointError, OfflineError
-from conftest import TINY_TEXT, tiny_config_dict
-from fake_hub import FakeHub
+from helpers.configs import TINY_TEXT, tiny_config_dict
+from helpers.fake_hub import FakeHub
 
 
 @pytest.fixture

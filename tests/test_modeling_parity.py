@@ -7,7 +7,7 @@ import torch
 import transformers
 
 import clipfast
-from conftest import TINY_TEXT, TINY_VISION, tiny_config_dict
+from helpers.configs import TINY_TEXT, TINY_VISION, tiny_config_dict
 
 ATOL = 1e-5
 CLASSES = ["CLIPModel", "CLIPTextModel", "CLIPVisionModel", "CLIPTextModelWithProjection",

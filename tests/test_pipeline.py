@@ -19,7 +19,7 @@ from PIL import Image
 
 import clipfast
 from clipfast.errors import CheckpointError, ImageLoadError, InputError
-from loopback import serve
+from helpers.loopback import serve
 
 LABELS = ["a photo of a cat", "a photo of a dog", "a photo of a car"]
 DEVICE = 0 if torch.cuda.is_available() else "cpu"
@@ -27,7 +27,7 @@ DEVICE = 0 if torch.cuda.is_available() else "cpu"
 
 @pytest.fixture(scope="module")
 def hub_folder(tmp_path_factory):
-    from tokenizer_fixtures import hub_dir
+    from helpers.tokenizer_files import hub_dir
 
     folder = tmp_path_factory.mktemp("clip-vit-base-patch32")
     torch.manual_seed(0)
@@ -291,7 +291,7 @@ def test_processor_save_load_both_layouts(hub_folder, tmp_path, photo_bytes):
 
 
 def test_auto_classes_map_by_model_type(hub_folder, tmp_path):
-    from conftest import TINY_TEXT, tiny_config_dict
+    from helpers.configs import TINY_TEXT, tiny_config_dict
 
     tiny = tmp_path / "tiny"
     transformers.CLIPModel(transformers.CLIPConfig(**tiny_config_dict())).save_pretrained(tiny)

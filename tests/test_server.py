@@ -21,13 +21,13 @@ import torch
 from PIL import Image
 
 import clipfast
-import loopback
+from helpers import loopback
 from clipfast.server import make_server
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    from tokenizer_fixtures import write_tiny_clip
+    from helpers.tokenizer_files import write_tiny_clip
 
     return write_tiny_clip(tmp_path_factory.mktemp("serve") / "model")
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from tokenizer_fixtures import corpus, hub_dir  # noqa: E402
+from helpers.tokenizer_files import corpus, hub_dir  # noqa: E402
 
 import clipfast  # noqa: E402
 from clipfast.errors import InputError  # noqa: E402

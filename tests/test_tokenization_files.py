@@ -12,7 +12,7 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from tokenizer_fixtures import hub_dir  # noqa: E402
+from helpers.tokenizer_files import hub_dir  # noqa: E402
 
 import clipfast  # noqa: E402
 from clipfast.errors import CheckpointError  # noqa: E402

@@ -69,8 +69,9 @@ def build_backend(vocab: dict[str, int], merges: list[tuple[str, str]], unk_toke
     backend.add_special_tokens([AddedToken(t, special=True, normalized=True)
                                 for t in dict.fromkeys((bos_token, eos_token, unk_token))
                                 if backend.token_to_id(t) is None or t in vocab])
+    # (sep, cls) passed by position: tokenizers 0.23 renamed the keywords sep/cls to sep_token/cls_token
     backend.post_processor = processors.RobertaProcessing(
-        sep=(eos_token, backend.token_to_id(eos_token)), cls=(bos_token, backend.token_to_id(bos_token)),
+        (eos_token, backend.token_to_id(eos_token)), (bos_token, backend.token_to_id(bos_token)),
         add_prefix_space=False, trim_offsets=False)
     return backend
 
