@@ -12,6 +12,21 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from helpers.configs import TINY_TEXT, TINY_VISION, tiny_config_dict  # noqa: F401  (re-exported for fixtures)
+from helpers.process_state import changes, restore, snapshot
+
+
+@pytest.fixture(autouse=True)
+def _leaves_process_state_alone():
+    """Fail any test that leaves torch's settings, default dtype, threads, nn.init or the environment changed
+    (and put them back, so that one test's leak cannot change what later tests see)."""
+    before = snapshot()
+    yield
+    after = snapshot()
+    leaked = changes(before, after)
+    if leaked:
+        restore(before)
+        pytest.fail("the test left process-wide state changed (use helpers.process_state.torch_settings or "
+                    "monkeypatch.setenv):\n  " + "\n  ".join(leaked), pytrace=False)
 
 
 @pytest.fixture(autouse=True)

@@ -12,6 +12,7 @@ import clipfast
 from clipfast import modeling
 from clipfast.optimize import cpu_bf16_matmuls, quantize_int8
 from helpers.configs import tiny_config_dict
+from helpers.process_state import torch_settings
 
 pytestmark = pytest.mark.skipif(not modeling.mkl_packing_available(), reason="this PyTorch build has no MKL packing")
 
@@ -129,14 +130,12 @@ def test_copies_and_pickles_ignore_packs(text_inputs, pixel_values):
         _assert_close(_outputs(restored, text_inputs, pixel_values), expected)
 
 
-def test_bf16_matmul_settings_are_respected(text_inputs, pixel_values, monkeypatch):
+def test_bf16_matmul_settings_are_respected(text_inputs, pixel_values):
     """With float32 matmuls allowed to round to bf16, the exact packed product would override that choice."""
     model = _model()
-    monkeypatch.setattr(torch.backends.mkldnn.matmul, "fp32_precision", "bf16")
-    with torch.no_grad():
+    with torch_settings(**{"mkldnn.matmul.fp32_precision": "bf16"}), torch.no_grad():
         _outputs(model, text_inputs, pixel_values)
     assert _packed_modules(model) == 0
-    monkeypatch.undo()
     cpu_bf16_matmuls(model)  # bf16 inside the encoders only: the patch embedding stays exact, and may pack
     with torch.no_grad():
         _outputs(model, text_inputs, pixel_values)

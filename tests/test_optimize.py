@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import os
 
 import pytest
 import torch
@@ -189,9 +188,9 @@ def test_compile_refuses_foreign_models():
         compile(nn.Linear(2, 2))
 
 
-# torch.compile of even a tiny model takes about 30 s on a 2-core CPU (inductor starts a C++ toolchain), too slow
-# for the default run; CLIPFAST_SLOW_TESTS=1 runs it
-@pytest.mark.skipif(not os.environ.get("CLIPFAST_SLOW_TESTS"), reason="torch.compile takes ~30 s; CLIPFAST_SLOW_TESTS=1")
+# torch.compile of even a tiny model takes about 30 s on a 2-core CPU (inductor starts a C++ toolchain):
+# `-m "not slow"` leaves it out of a quick run
+@pytest.mark.slow
 def test_compile_same_outputs_and_keys(model, inputs):
     image, text = _embeddings(model, *inputs)
     keys = set(model.state_dict())
