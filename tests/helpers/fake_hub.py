@@ -19,9 +19,11 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 class FakeHub:
     """``with FakeHub({"org/name": folder}) as url: ...`` serves each folder as a model repo."""
 
-    def __init__(self, repos: dict[str, Path]) -> None:
+    def __init__(self, repos: dict[str, Path], revisions: tuple[str, ...] = ("main", COMMIT)) -> None:
         self.repos = {k: Path(v) for k, v in repos.items()}
+        self.revisions = revisions
         self.requests: list[str] = []
+        self.authorizations: list[str | None] = []  # the Authorization header of each request
         self._server: http.server.ThreadingHTTPServer | None = None
 
     def __enter__(self) -> str:
@@ -49,6 +51,7 @@ class FakeHub:
     def _answer(self, handler: http.server.BaseHTTPRequestHandler, send_body: bool) -> None:
         path = urllib.parse.unquote(urllib.parse.urlparse(handler.path).path)
         self.requests.append(f"{handler.command} {path}")
+        self.authorizations.append(handler.headers.get("Authorization"))
         parts = path.strip("/").split("/")
         if "resolve" not in parts:
             return self._error(handler, 404, "RepoNotFound")
@@ -57,6 +60,8 @@ class FakeHub:
         folder = self.repos.get(repo)
         if folder is None:
             return self._error(handler, 401, "RepoNotFound")
+        if parts[i + 1] not in self.revisions:
+            return self._error(handler, 404, "RevisionNotFound")
         file = folder / filename
         if not file.is_file():
             return self._error(handler, 404, "EntryNotFound")
