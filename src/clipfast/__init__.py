@@ -47,12 +47,12 @@ _EXPORTS: dict[str, str] = {
     # tokenizers
     "CLIPTokenizer": "tokenization",
     "CLIPTokenizerFast": "tokenization_fast",
-    "BatchEncoding": "tokenization",
+    "BatchEncoding": "tokenization_utils",
     # images
     "CLIPImageProcessor": "image_processing",
     "CLIPImageProcessorFast": "image_processing",
     "CLIPFeatureExtractor": "image_processing",
-    "BatchFeature": "image_processing",
+    "BatchFeature": "image_utils",
     "load_image": "image_io",
     "load_images": "image_io",
     "iter_image_batches": "image_io",

@@ -23,12 +23,12 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
-from collections import deque
+from contextlib import closing
 from itertools import islice
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Union
 
-from clipfast.errors import ImageLoadError
+from clipfast.errors import ImageLoadError, InputError
+from clipfast.workers import Lane, POOL_SIZE_LIMIT, cpu_count, ordered_map, results_in_order, run_ahead, submit_rows
 
 if TYPE_CHECKING:
     import PIL.Image
@@ -86,20 +86,19 @@ def load_image(
 def load_images(
     items: Iterable[ImageSource], num_workers: int | None = None, timeout: float | None = DEFAULT_TIMEOUT
 ) -> list["PIL.Image.Image"]:
-    """Load many images with :func:`load_image` on a thread pool, keeping their order.
+    """Load many images with :func:`load_image` on the shared thread pool, keeping their order.
 
-    Decoding in Pillow releases the GIL, so threads use every core. ``num_workers`` defaults to the number of
-    CPUs (at most 16); ``num_workers=0`` or ``1`` loads in the calling thread.
+    Decoding in Pillow releases the GIL, so threads use every core. ``num_workers`` (how many load at once)
+    defaults to the number of CPUs (at most 16); ``num_workers=0`` or ``1`` loads in the calling thread.
 
     Example:
         >>> images = load_images(["a.jpg", "b.png"])                       # doctest: +SKIP
     """
     items = list(items)
-    workers = num_workers if num_workers is not None else min(16, os.cpu_count() or 1)
+    workers = num_workers if num_workers is not None else min(POOL_SIZE_LIMIT, cpu_count())
     if workers <= 1 or len(items) <= 1:
         return [load_image(item, timeout=timeout) for item in items]
-    with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
-        return list(pool.map(lambda item: load_image(item, timeout=timeout), items))
+    return ordered_map(lambda item: load_image(item, timeout=timeout), items, Lane(min(workers, len(items))))
 
 
 def iter_image_batches(
@@ -113,7 +112,7 @@ def iter_image_batches(
 ) -> Iterator[tuple[list[ImageSource], "torch.Tensor"]]:
     """Yield ``(sources_chunk, pixel_values)`` for consecutive chunks of ``batch_size`` sources, in order.
 
-    Each image is loaded (:func:`load_image`) and preprocessed in one task on a thread pool, so decoding never
+    Each image is loaded (:func:`load_image`) and preprocessed in one task on the thread pool, so decoding never
     waits for a batch barrier, and up to ``prefetch`` batches are prepared ahead while the caller works on the
     current one (a model forward, say). ``sources`` is read lazily, one chunk at a time. A source that cannot be
     loaded raises its :class:`~clipfast.errors.ImageLoadError` when its batch is reached.
@@ -132,11 +131,9 @@ def iter_image_batches(
         >>> for paths, pixels in iter_image_batches(paths, CLIPImageProcessorFast()):  # doctest: +SKIP
         ...     features = model.get_image_features(pixel_values=pixels)
     """
-    from clipfast.image_processing import CLIPImageProcessorFast
-
     if batch_size < 1 or prefetch < 0:
         raise ValueError(f"batch_size must be >= 1 and prefetch >= 0, got {batch_size} and {prefetch}.")
-    if device is not None and isinstance(processor, CLIPImageProcessorFast):
+    if device is not None and getattr(processor, "resizes_on_device", False):
         processor_kwargs = dict(processor_kwargs, device=device)  # it resizes on that device itself
     hook = getattr(processor, "_image_fn", None)
     plan = hook(processor_kwargs) if hook is not None else None  # None: not a per-image CPU job
@@ -147,36 +144,21 @@ def _batches(items: Iterator[ImageSource], processor: Any, batch_size: int, pref
              timeout: float | None, plan: tuple | None, kwargs: dict[str, Any]
              ) -> Iterator[tuple[list[ImageSource], "torch.Tensor"]]:
     """The generator behind :func:`iter_image_batches` (which checks its arguments eagerly)."""
-    from clipfast.image_processing import _thread_pool
-
-    pool, pending = _thread_pool(), deque()
-    try:
-        while chunk := list(islice(items, batch_size)):
-            pending.append((chunk, _submit(pool, chunk, plan, timeout)))
-            if len(pending) > prefetch:
-                yield _collect(*pending.popleft(), plan, processor, kwargs, device)
-        while pending:
-            yield _collect(*pending.popleft(), plan, processor, kwargs, device)
-    finally:  # an error, or the caller stopped early: drop the work not started yet
-        for _, (futures, _) in pending:
-            for future in futures:
-                future.cancel()
+    chunks = iter(lambda: list(islice(items, batch_size)), [])
+    with closing(run_ahead(chunks, lambda chunk: submit_loads(chunk, plan, timeout), prefetch)) as jobs:
+        for chunk, job in jobs:
+            yield _collect(chunk, job, plan, processor, kwargs, device)
 
 
-def _submit(pool: Any, chunk: list[ImageSource], plan: tuple | None, timeout: float | None) -> tuple[list, Any]:
-    """Queue one task per source: load it, and with a per-image ``plan`` also preprocess it into its row of one
-    preallocated batch tensor (None when the output shapes are not known ahead)."""
-    from clipfast.image_processing import batch_buffer
-
+def submit_loads(sources: list[ImageSource], plan: tuple | None, timeout: float | None = DEFAULT_TIMEOUT
+                 ) -> tuple[list, Any]:
+    """Queue one pool task per source: load it, and with a per-image ``plan`` (``(run, shape, dtype)`` from a
+    processor's ``_image_fn``) also preprocess it, into its row of one preallocated batch tensor when ``shape``
+    is known ahead. Returns (futures, that batch or None)."""
     if plan is None:
-        return [pool.submit(load_image, source, timeout) for source in chunk], None
+        return submit_rows(sources, lambda source, _: load_image(source, timeout=timeout))
     run, shape, dtype = plan
-    out = batch_buffer(len(chunk), shape, dtype) if shape is not None else None
-
-    def task(index: int, source: ImageSource) -> Any:
-        return run(load_image(source, timeout=timeout), None if out is None else out[index])
-
-    return [pool.submit(task, index, source) for index, source in enumerate(chunk)], out
+    return submit_rows(sources, lambda source, row: run(load_image(source, timeout=timeout), row), shape, dtype)
 
 
 def _collect(chunk: list[ImageSource], job: tuple[list, Any], plan: tuple | None, processor: Any,
@@ -184,10 +166,8 @@ def _collect(chunk: list[ImageSource], job: tuple[list, Any], plan: tuple | None
     """Wait for one batch's tasks (raising the first failure, in source order) and assemble its pixel values."""
     import torch
 
-    from clipfast.errors import InputError
-
     futures, out = job
-    results = [future.result() for future in futures]
+    results = results_in_order(futures)
     if plan is None:
         pixels = processor(results, return_tensors="pt", **kwargs)["pixel_values"]
     elif out is not None:

@@ -3,7 +3,7 @@
 Pipeline (spec §4.5): NFC, whitespace runs -> one space, lower-case; keep the matches of CLIP's split regex; map
 bytes to the byte alphabet; BPE with the ``</w>`` end-of-word suffix; ``<|startoftext|> A <|endoftext|>``
 (pairs ``<bos> A <eos> <eos> B <eos>``); byte-level decoding with ``</w>`` turned into spaces. Padding and
-truncation run in Rust over the whole batch. The shared call logic lives in :mod:`clipfast.tokenization`.
+truncation run in Rust over the whole batch. The shared call logic lives in :mod:`clipfast.tokenization_base`.
 
 Example:
     >>> tok = CLIPTokenizerFast.from_openai_vocab()
@@ -18,23 +18,10 @@ import threading
 from typing import Any
 
 from clipfast.errors import CheckpointError, InputError
-from clipfast.tokenization import (
-    BOS_TOKEN,
-    EOS_TOKEN,
-    MERGES_NAME,
-    NUM_MERGES,
-    SPLIT_PATTERN,
-    TOKENIZER_JSON,
-    VOCAB_NAME,
-    CallPlan,
-    TokenizerBase,
-    _to_py,
-    _token_content,
-    added_token_entry,
-    logger,
-    read_tokenizer_json,
-    read_vocab_files,
-)
+from clipfast.bpe import (BOS_TOKEN, EOS_TOKEN, MERGES_NAME, NUM_MERGES, SPLIT_PATTERN, TOKENIZER_JSON, VOCAB_NAME,
+                          read_tokenizer_json, read_vocab_files)
+from clipfast.tokenization_base import TokenizerBase
+from clipfast.tokenization_utils import CallPlan, _to_py, _token_content, added_token_entry, logger
 
 # The Rust backend holds its truncation/padding settings, and refuses ("Already borrowed") to be reconfigured
 # while another thread encodes with it; without a lock, concurrent calls with different settings could also read
