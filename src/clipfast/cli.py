@@ -25,10 +25,11 @@ import math
 import os
 import sys
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from clipfast.errors import ClipfastError, ImageLoadError, InputError
+from clipfast.workers import POOL_SIZE_LIMIT, Lane, cpu_count, results_in_order, run_ahead
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 MODEL_ENV = "CLIPFAST_MODEL"
@@ -143,14 +144,12 @@ def _load_one(source: str) -> Any:
 def _loaded_chunks(sources: list[str], size: int) -> Iterator[tuple[list[tuple[str, Any]], int]]:
     """Yield ([(source, image)], skipped) per chunk of ``size`` sources, decoding the next chunk on a thread pool
     while the caller works on this one. Unreadable images are skipped with a warning."""
-    chunks = [sources[i:i + size] for i in range(0, len(sources), size)]
-    with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
-        pending = [pool.submit(_load_one, s) for s in chunks[0]] if chunks else []
-        for index, chunk in enumerate(chunks):
-            results = [future.result() for future in pending]
-            pending = [pool.submit(_load_one, s) for s in chunks[index + 1]] if index + 1 < len(chunks) else []
+    lane = Lane(min(POOL_SIZE_LIMIT, cpu_count()))  # up to 16 decodes at once on the shared pool
+    chunks = (sources[i:i + size] for i in range(0, len(sources), size))
+    with closing(run_ahead(chunks, lambda chunk: ([lane.submit(_load_one, s) for s in chunk], None), 1)) as jobs:
+        for chunk, (futures, _) in jobs:
             loaded = []
-            for source, result in zip(chunk, results):
+            for source, result in zip(chunk, results_in_order(futures)):
                 if isinstance(result, ImageLoadError):
                     _warn(f"skipped: {_one_line(result)}")
                 else:

@@ -170,7 +170,7 @@ class ClipService:
 
     def _load_images(self, items: list[str]) -> list[Any]:
         """Decode every image item (base64, data URI, or an allowed URL) on the thread pool; errors name the item."""
-        from clipfast.image_processing import _map
+        from clipfast.workers import ordered_map as _map
 
         sources = [self._image_source(index, item) for index, item in enumerate(items)]
         return _map(lambda pair: _load_item(*pair), list(enumerate(sources)))
