@@ -13,6 +13,7 @@ from PIL import Image
 import helpers.images as image_fixtures
 from clipfast.errors import ImageLoadError
 from clipfast.image_io import iter_image_batches, load_image, load_images
+from helpers import reference
 from helpers.loopback import serve
 
 
@@ -213,7 +214,6 @@ def test_iter_batches_order_and_last_partial_batch(jpeg_paths, prefetch):
 
 def test_iter_batches_kwargs_device_and_foreign_processor(jpeg_paths):
     import torch
-    transformers = pytest.importorskip("transformers")
 
     from clipfast.image_processing import CLIPImageProcessor, CLIPImageProcessorFast
 
@@ -225,9 +225,26 @@ def test_iter_batches_kwargs_device_and_foreign_processor(jpeg_paths):
     # no crop: shapes follow the images, stacked when they agree
     (_, uncropped), = list(iter_image_batches(jpeg_paths[:2], CLIPImageProcessor(), do_center_crop=False))
     assert uncropped.shape == (2, 3, 224, 298)
-    # any other processor: loading runs ahead, the processor runs on each batch
-    reference = transformers.CLIPImageProcessor()
-    theirs = torch.cat([px for _, px in iter_image_batches(jpeg_paths, reference, batch_size=6)])
+    # any other callable processor: loading runs ahead, the processor runs on each batch with the keywords
+    calls = []
+
+    def foreign(images, return_tensors=None, **options):
+        calls.append((len(images), return_tensors, options))
+        return {"pixel_values": torch.stack([torch.from_numpy(np.array(image.resize((8, 8)))) for image in images])}
+
+    batches = list(iter_image_batches(jpeg_paths, foreign, batch_size=6, device="cpu", scale=2))
+    assert [px.shape for _, px in batches] == [(6, 8, 8, 3), (5, 8, 8, 3)]
+    assert calls == [(6, "pt", {"scale": 2}), (5, "pt", {"scale": 2})]  # device= only goes to processors that resize
+
+
+def test_iter_batches_with_transformers_processor(jpeg_paths):
+    import torch
+
+    from clipfast.image_processing import CLIPImageProcessor
+
+    transformers = reference("transformers")
+    theirs = torch.cat([px for _, px in iter_image_batches(jpeg_paths, transformers.CLIPImageProcessor(),
+                                                           batch_size=6)])
     assert torch.equal(theirs, _reference_pixels(CLIPImageProcessor(), jpeg_paths))
 
 

@@ -1,4 +1,5 @@
-"""CLIPImageProcessor / CLIPImageProcessorFast against transformers 4.57 on real photos and odd inputs."""
+"""CLIPImageProcessor / CLIPImageProcessorFast against transformers 4.57 on real photos and odd inputs, and their own
+behaviour (errors, sources, layouts, the CPU lane), which runs without the reference libraries."""
 
 from __future__ import annotations
 
@@ -16,8 +17,7 @@ from PIL import Image
 import helpers.images as image_fixtures
 from clipfast.errors import ImageLoadError, InputError
 from clipfast.image_processing import BatchFeature, CLIPFeatureExtractor, CLIPImageProcessor, CLIPImageProcessorFast
-
-transformers = pytest.importorskip("transformers")
+from helpers import reference
 
 ONE_LEVEL = 0.02  # one uint8 level after normalisation is 1 / (255 * 0.2613) = 0.015
 
@@ -35,12 +35,12 @@ def photos(tmp_path_factory) -> list[Image.Image]:
 
 @pytest.fixture(scope="module")
 def ref():
-    return transformers.CLIPImageProcessor()
+    return reference("transformers").CLIPImageProcessor()
 
 
 @pytest.fixture(scope="module")
 def ref_fast():
-    return transformers.CLIPImageProcessorFast()
+    return reference("transformers").CLIPImageProcessorFast()
 
 
 def _ours(kwargs=None):
@@ -101,13 +101,14 @@ def _one_level(kwargs: dict) -> float:
 
 @pytest.mark.parametrize("kwargs", NON_DEFAULT, ids=lambda k: ",".join(k))
 def test_non_default_parameters(photos, kwargs):
+    transformers = reference("transformers")
     images = photos[::5]
     kwargs = dict(kwargs)
     call = kwargs.pop("call", {})
-    reference = transformers.CLIPImageProcessor(**kwargs)
+    theirs = transformers.CLIPImageProcessor(**kwargs)
     slow, fast = _ours(kwargs)
     tensors = "pt" if kwargs.get("do_center_crop", True) else None
-    expected = reference(images, return_tensors=tensors, **call).pixel_values
+    expected = theirs(images, return_tensors=tensors, **call).pixel_values
     got_slow = slow(images, return_tensors=tensors, **call).pixel_values
     got_fast = fast(images, return_tensors=tensors, **call).pixel_values
     pairs = zip(expected, got_slow, got_fast) if tensors is None else [(expected, got_slow, got_fast)]
@@ -182,13 +183,18 @@ def test_batch_feature_behaviour(photos):
         batch.nothing
 
 
-def test_config_round_trip_and_reference_json(tmp_path, ref):
+def test_config_round_trip(tmp_path):
     for cls in (CLIPImageProcessor, CLIPImageProcessorFast):
         processor = cls(size=300, crop_size=(256, 288), image_mean=[0.1, 0.2, 0.3])
         processor.save_pretrained(tmp_path / cls.__name__)
         loaded = cls.from_pretrained(tmp_path / cls.__name__)
         assert loaded.to_dict() == processor.to_dict()
         assert json.loads(loaded.to_json_string())["image_processor_type"] == cls.__name__
+    assert CLIPImageProcessor().image_mean == [0.48145466, 0.4578275, 0.40821073]  # a list, as the reference's
+
+
+def test_config_json_matches_reference(tmp_path, ref):
+    transformers = reference("transformers")
     ours = json.loads(CLIPImageProcessor().to_json_string())
     assert ours == json.loads(ref.to_json_string())
     # a folder written by transformers loads, and ours loads in transformers
@@ -198,28 +204,40 @@ def test_config_round_trip_and_reference_json(tmp_path, ref):
     assert transformers.CLIPImageProcessor.from_pretrained(tmp_path / "ours").size == {"shortest_edge": 123}
 
 
-def test_2021_hub_config(tmp_path):
+def _write_2021_config(folder: Path) -> None:
+    """A preprocessor_config.json as openai/clip-vit-base-patch32 shipped it in 2021, in ``folder``/sub."""
     config = {"crop_size": 224, "do_center_crop": True, "do_normalize": True, "do_resize": True,
               "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": [0.48145466, 0.4578275, 0.40821073],
               "image_std": [0.26862954, 0.26130258, 0.27577711], "resample": 3, "size": 224}
-    (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "preprocessor_config.json").write_text(json.dumps(config))
+    (folder / "sub").mkdir()
+    (folder / "sub" / "preprocessor_config.json").write_text(json.dumps(config))
+
+
+def test_2021_hub_config(tmp_path):
+    _write_2021_config(tmp_path)
     for cls in (CLIPImageProcessor, CLIPImageProcessorFast):
         processor = cls.from_pretrained(tmp_path, subfolder="sub", local_files_only=True)
-        reference = transformers.CLIPImageProcessor.from_pretrained(tmp_path, subfolder="sub")
-        assert processor.size == reference.size == {"shortest_edge": 224}
-        assert processor.crop_size == reference.crop_size == {"height": 224, "width": 224}
+        assert processor.size == {"shortest_edge": 224}
+        assert processor.crop_size == {"height": 224, "width": 224}
         assert processor.do_rescale is True and processor.do_convert_rgb is True
         assert "feature_extractor_type" not in processor.to_dict()
 
 
+def test_2021_hub_config_as_reference_reads_it(tmp_path):
+    _write_2021_config(tmp_path)
+    theirs = reference("transformers").CLIPImageProcessor.from_pretrained(tmp_path, subfolder="sub")
+    ours = CLIPImageProcessor.from_pretrained(tmp_path, subfolder="sub", local_files_only=True)
+    assert ours.size == theirs.size and ours.crop_size == theirs.crop_size
+
+
 def test_from_dict_with_kwargs_as_reference():
+    transformers = reference("transformers")
     config = CLIPImageProcessor(size=20, crop_size=18).to_dict()
-    for cls, reference in ((CLIPImageProcessor, transformers.CLIPImageProcessor),):
-        ours, theirs = cls.from_dict(config), reference.from_dict(config)
+    for cls, their_cls in ((CLIPImageProcessor, transformers.CLIPImageProcessor),):
+        ours, theirs = cls.from_dict(config), their_cls.from_dict(config)
         assert ours.size == theirs.size == {"shortest_edge": 20}
         assert ours.crop_size == theirs.crop_size == {"height": 18, "width": 18}
-        ours, theirs = cls.from_dict(config, size=42, crop_size=84), reference.from_dict(config, size=42, crop_size=84)
+        ours, theirs = cls.from_dict(config, size=42, crop_size=84), their_cls.from_dict(config, size=42, crop_size=84)
         assert ours.size == theirs.size == {"shortest_edge": 42}
         assert ours.crop_size == theirs.crop_size == {"height": 84, "width": 84}
         ours, unused = cls.from_dict(config, do_normalize=False, unknown=1, return_unused_kwargs=True)
@@ -257,22 +275,25 @@ def test_bad_inputs_get_clear_errors(tmp_path):
             processor(np.zeros((10, 12, 3), np.uint8), return_tensors="tf")
 
 
-def test_paths_are_loaded_as_the_reference_loads_them(tmp_path):
+def test_paths_are_loaded_with_load_image(tmp_path):
     """Paths (str or Path) and base64 are read with load_image (EXIF applied, RGB), as transformers 4.57 reads
-    strings; the result equals processing the loaded image, and the reference's output on the same path."""
+    strings; the result equals processing the loaded image."""
     from clipfast.image_io import load_image
 
     path = tmp_path / "coffee.png"
     image_fixtures.sample("coffee").convert("RGBA").save(path)
-    ref = transformers.CLIPImageProcessor()
-    want = ref(str(path), return_tensors="np")["pixel_values"]
     for processor in _ours():
         for source in (str(path), path, [str(path), path]):
             got = processor(source, return_tensors="np")["pixel_values"]
             expected = processor(load_image(path), return_tensors="np")["pixel_values"]
-            assert got.shape[1:] == want.shape[1:] and np.array_equal(got[0], expected[0])
-        if type(processor).__name__ == "CLIPImageProcessor":
-            assert np.abs(processor(str(path), return_tensors="np")["pixel_values"] - want).max() <= 1e-6
+            assert got.shape[1:] == (3, 224, 224) and np.array_equal(got[0], expected[0])
+
+
+def test_paths_are_loaded_as_the_reference_loads_them(tmp_path, ref):
+    path = tmp_path / "coffee.png"
+    image_fixtures.sample("coffee").convert("RGBA").save(path)
+    want = ref(str(path), return_tensors="np")["pixel_values"]
+    assert np.abs(CLIPImageProcessor()(str(path), return_tensors="np")["pixel_values"] - want).max() <= 1e-6
 
 
 @pytest.mark.parametrize("options", [{}, {"return_tensors": None}, {"return_tensors": "pt"},
@@ -294,10 +315,16 @@ def test_lists_of_paths_load_and_process_per_image_on_the_pool(tmp_path, options
         assert type(got) is type(expected) and len(got) == len(expected)
         for a, b in zip(got, expected):
             assert type(a) is type(b) and a.dtype == b.dtype and np.array_equal(np.asarray(a), np.asarray(b))
-    if options.get("data_format") is None and options.get("do_center_crop", True):
-        options["return_tensors"] = "np"
-        want = transformers.CLIPImageProcessor()(loaded, **options)["pixel_values"]
-        assert _max_diff(CLIPImageProcessor()(sources, **options)["pixel_values"], want) <= 1e-6
+
+
+def test_lists_of_paths_match_the_reference_on_the_loaded_images(tmp_path, ref):
+    from clipfast.image_io import load_image
+
+    paths = image_fixtures.photos(tmp_path)[:6]
+    sources = [str(paths[0]), paths[1], paths[2].read_bytes(), *map(str, paths[3:])]
+    for options in ({}, {"crop_size": {"height": 100, "width": 180}, "size": {"shortest_edge": 150}}):
+        want = ref([load_image(path) for path in paths], return_tensors="np", **options)["pixel_values"]
+        assert _max_diff(CLIPImageProcessor()(sources, return_tensors="np", **options)["pixel_values"], want) <= 1e-6
 
 
 def test_a_bad_source_in_a_list_names_itself(tmp_path):
@@ -386,7 +413,8 @@ def test_fast_cpu_lane_within_one_level_on_many_sizes(resample):
 
 def test_pillow_resize_crop_helper():
     """The crop-only resize equals resize-then-crop within one level, in Pillow's pass order, both orientations."""
-    from clipfast.image_processing import _crop_box, _output_size, _pillow_resize_crop
+    from clipfast.image_utils import _crop_box, _output_size
+    from clipfast.pillow_resample import _pillow_resize_crop
 
     image = image_fixtures.sample("coffee").convert("RGB")
     for wh in [(640, 480), (480, 640), (300, 3000), (3000, 300), (225, 301)]:
@@ -414,28 +442,56 @@ def test_fast_cpu_lane_layouts_and_return_types(photos):
                        torch.from_numpy(slow(images, return_tensors="np", **kwargs).pixel_values))
 
 
-def test_crop_rounding_half_even_crops_where_torchvision_does(tmp_path):
+CROP_SHAPES = ((39, 36), (36, 43), (30, 30), (20, 33), (37, 20))  # half offsets both ways, and padding
+
+
+def test_crop_rounding_half_even_crops_where_torchvision_does():
     """crop_rounding="half_even" (clipfast's option, set for open_clip checkpoints) crops and pads where
-    torchvision's CenterCrop does; "floor" (the default) where transformers does. Saved only when set."""
+    torchvision's CenterCrop does."""
+    reference("torchvision")
     from torchvision.transforms import functional as tvf
 
     rng = np.random.default_rng(0)
-    for h, w in ((39, 36), (36, 43), (30, 30), (20, 33), (37, 20)):  # half offsets both ways, and padding
+    for h, w in CROP_SHAPES:
         image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         want = tvf.center_crop(torch.from_numpy(image).permute(2, 0, 1), [30, 30]).float() / 255
         for cls in (CLIPImageProcessor, CLIPImageProcessorFast):
             processor = cls(do_resize=False, do_normalize=False, crop_size=30, crop_rounding="half_even")
             got = processor(image, return_tensors="pt")["pixel_values"][0]
             assert (got - want).abs().max() <= 1e-6, (cls.__name__, h, w)
+
+
+def test_crop_rounding_floor_crops_where_transformers_does(tmp_path):
+    """"floor" (the default) crops where transformers does; a saved crop_rounding is a key transformers keeps."""
+    transformers = reference("transformers")
+    rng = np.random.default_rng(0)
+    for h, w in CROP_SHAPES:
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        theirs = transformers.CLIPImageProcessor(do_resize=False, do_normalize=False, crop_size=30)(
+            image, return_tensors="np")
+        for cls in (CLIPImageProcessor, CLIPImageProcessorFast):
             floor = cls(do_resize=False, do_normalize=False, crop_size=30)(image, return_tensors="np")
-            theirs = transformers.CLIPImageProcessor(do_resize=False, do_normalize=False, crop_size=30)(
-                image, return_tensors="np")
             assert _max_diff(floor["pixel_values"], theirs["pixel_values"]) <= 1e-6
+    CLIPImageProcessor(crop_rounding="half_even").save_pretrained(tmp_path)
+    transformers.CLIPImageProcessor.from_pretrained(tmp_path)  # an extra key transformers keeps and ignores
+
+
+def test_crop_rounding_offsets_saving_and_errors(tmp_path):
+    """The two roundings differ only where the offset is a half: "floor" rounds it down, "half_even" to even;
+    crop_rounding is saved only when set, and an unknown one is refused."""
+    image = np.arange(39 * 36 * 3, dtype=np.uint8).reshape(39, 36, 3)  # 9 spare rows (offset 4.5), 6 columns (3)
+    for cls in (CLIPImageProcessor, CLIPImageProcessorFast):
+        options = dict(do_resize=False, do_rescale=False, do_normalize=False, crop_size=30)
+        floor = cls(**options)(image, return_tensors="np")["pixel_values"][0]
+        even = cls(crop_rounding="half_even", **options)(image, return_tensors="np")["pixel_values"][0]
+        assert np.array_equal(floor, image[4:34, 3:33].transpose(2, 0, 1))
+        assert np.array_equal(even, image[4:34, 3:33].transpose(2, 0, 1))  # round(4.5) == 4: even
+        shifted = cls(crop_rounding="half_even", **options)(image[:37], return_tensors="np")["pixel_values"][0]
+        assert np.array_equal(shifted, image[4:34, 3:33].transpose(2, 0, 1))  # round(3.5) == 4, floor gives 3
     processor = CLIPImageProcessor(crop_rounding="half_even")
     processor.save_pretrained(tmp_path)
     assert CLIPImageProcessor.from_pretrained(tmp_path).crop_rounding == "half_even"
     assert "crop_rounding" not in CLIPImageProcessor().to_dict()
-    transformers.CLIPImageProcessor.from_pretrained(tmp_path)  # an extra key transformers keeps and ignores
     with pytest.raises(InputError, match="crop_rounding='nearest'"):
         CLIPImageProcessor()(np.zeros((8, 8, 3), np.uint8), crop_rounding="nearest")
 
