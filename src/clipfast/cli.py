@@ -241,11 +241,19 @@ def cmd_embed(args: argparse.Namespace) -> int:
     Resumable: run the same command again (after a crash, a kill, or with new files) and only what is missing is
     embedded. Unreadable images are skipped with a warning. With --out NAME.parquet (needs pyarrow) a Parquet
     file is written too, beside its resumable index folder NAME.parquet.index.
+
+    Parquet tables (.parquet/.csv of image paths or URLs), webdataset shards (.tar, with {000..099} patterns),
+    --format parquet or --engine ray write a Parquet dataset instead: DIR/part-*.parquet (id, image_embedding,
+    text_embedding, the table's columns), DIR/_clipfast.json and DIR/_errors.parquet; rerunning resumes it.
+    --engine ray runs on an embedded local Ray, or joins a cluster with --address (pip install 'clipfast[ray]').
     Example: clipfast embed photos/ --out photos.index
+    Example: clipfast embed urls.parquet --text-column caption --out DIR --engine ray --workers 2
     """
+    _check_batch_size(args)
+    if _parquet_output(args):
+        return _embed_parquet(args)
     from clipfast.index import IndexWriter, expand_ids, open_index, write_parquet
 
-    _check_batch_size(args)
     texts = _texts(args)
     if texts is not None and args.images:
         args.parser.error("give IMAGES or --text / --text-file, not both")
@@ -317,6 +325,49 @@ def _require_pyarrow() -> None:
                          "for .npy + .jsonl.") from None
 
 
+def _parquet_output(args: argparse.Namespace) -> bool:
+    """Whether this run writes a Parquet dataset (tables, shards, --engine ray, --format parquet, or an --out that
+    already holds one) rather than the index folder."""
+    from clipfast.bulk import META_NAME, SHARD_EXTENSIONS, TABLE_EXTENSIONS
+
+    if args.format != "auto":
+        wants = args.format == "parquet"
+        if not wants and args.engine == "ray":
+            args.parser.error("--engine ray writes a Parquet dataset: drop --format index")
+        return wants
+    bulk_sources = any(item.lower().split("?")[0].endswith(SHARD_EXTENSIONS) or (
+        item.lower().endswith(TABLE_EXTENSIONS) and os.path.isfile(item)) for item in args.images)
+    return args.engine == "ray" or bulk_sources or os.path.isfile(os.path.join(args.out, META_NAME))
+
+
+def _embed_parquet(args: argparse.Namespace) -> int:
+    """embed into a Parquet dataset, with the single-process engine or on Ray; one summary line."""
+    from clipfast import bulk
+
+    if args.text is not None or args.text_file is not None:
+        args.parser.error("--text / --text-file write the index folder; for a Parquet dataset give a table with "
+                          "--text-column")
+    if not args.images:
+        args.parser.error("give SOURCES to embed: image files, folders, globs, URLs, .parquet/.csv tables or .tar "
+                          "shards")
+    if args.engine != "ray" and (args.address or args.workers or args.cpus_per_worker):
+        args.parser.error("--address, --workers and --cpus-per-worker need --engine ray")
+    plan = bulk.plan_sources(args.images, args.image_column, args.text_column, args.id_column, args.partition_size)
+    model = _model_name(args)
+    if args.engine == "ray":
+        from clipfast.ray import embed_ray
+
+        counts = embed_ray(plan, args.out, model, address=args.address, workers=args.workers,
+                           cpus_per_worker=args.cpus_per_worker, device=args.device, dtype=args.dtype,
+                           batch_size=args.batch_size, debug=args.debug)
+    else:
+        counts = bulk.embed_local(plan, args.out, model, device=args.device, dtype=args.dtype,
+                                  batch_size=args.batch_size)
+    print(f"clipfast: {counts['embedded']} embedded, {counts['failed']} failed -> {args.out}"
+          + (f" (see {os.path.join(args.out, bulk.ERRORS_NAME)})" if counts["failed"] else ""), file=sys.stderr)
+    return 1 if counts["failed"] else 0
+
+
 def add_embed_parser(subparsers: Any) -> None:
     parser = _subparser(subparsers, "embed", cmd_embed)
     parser.add_argument("images", nargs="*", metavar="IMAGES", help="image files, folders, globs or URLs")
@@ -324,6 +375,30 @@ def add_embed_parser(subparsers: Any) -> None:
     parser.add_argument("--text-file", default=None, metavar="FILE", help="texts to embed, one per line ('-': stdin)")
     parser.add_argument("--out", required=True, help="index folder (or NAME.parquet, with pyarrow)")
     _add_model_options(parser)
+    bulk = parser.add_argument_group("Parquet datasets, tables, shards and Ray")
+    bulk.add_argument("--format", choices=("auto", "index", "parquet"), default="auto",
+                      help="auto (default): a Parquet dataset for tables, shards, --engine ray or an existing "
+                           "Parquet output, else the index folder; index; parquet")
+    bulk.add_argument("--engine", choices=("local", "ray"), default="local",
+                      help="local: this process (default); ray: Ray Data actors (pip install 'clipfast[ray]')")
+    bulk.add_argument("--address", default=None,
+                      help="join a Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: $RAY_ADDRESS, else an "
+                           "embedded local Ray)")
+    bulk.add_argument("--workers", type=int, default=None,
+                      help="model actors (default: one per GPU, else one per node); each takes a GPU when there are "
+                           "some")
+    bulk.add_argument("--cpus-per-worker", type=int, default=None,
+                      help="CPUs each actor reserves for decoding (and the model without a GPU); default: the "
+                           "cluster's CPUs shared out")
+    bulk.add_argument("--image-column", default=None,
+                      help="tables: the column of image paths or URLs (default: the first of url, image, path)")
+    bulk.add_argument("--text-column", default=None,
+                      help="tables: a column of texts to embed too (shards: 'caption' embeds the captions)")
+    bulk.add_argument("--id-column", default=None,
+                      help="tables: the id column (default: id if there is one, else the path or URL as written)")
+    bulk.add_argument("--partition-size", type=int, default=None,
+                      help="rows per part file for files and tables (default: about 100 parts, 100-10,000 rows "
+                           "each); a shard is one part")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -28,3 +28,7 @@ TORCH_INDEX = "pytorch_model.bin.index.json"
 OPEN_CLIP_CONFIG = "open_clip_config.json"
 OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 OPEN_CLIP_HUB_PREFIX = "hf-hub:"  # open_clip's spelling of a hub id
+
+# file name extensions picked up as images from folders and webdataset shards
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm",
+                              ".jfif", ".ico"})
