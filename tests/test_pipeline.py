@@ -1,7 +1,9 @@
-"""The two snippets users run, with only the import changed, against transformers 4.57 on the same checkpoint.
+"""The two snippets users run, with only the import changed, against transformers 4.57 on the same checkpoint;
+and the pipeline's own behaviour (batching, ties, streaming, devices, saving), which needs no reference library.
 
-The hub id becomes a folder in the Hub repo's layout (a full-size ViT-B/32 with random weights written by
-transformers, plus tokenizer and preprocessor files); the COCO URL becomes a loopback server serving a real photo.
+For the parity tests the hub id becomes a folder in the Hub repo's layout (a full-size ViT-B/32 with random weights
+written by transformers, plus tokenizer and preprocessor files); the COCO URL becomes a loopback server serving a
+real photo. The other tests use a tiny model folder written by clipfast alone.
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ import socket
 import time
 import warnings
 
+import numpy as np
 import pytest
 import torch
-import transformers
 from PIL import Image
 
 import clipfast
 from clipfast.errors import CheckpointError, ImageLoadError, InputError
+from helpers import reference
 from helpers.loopback import serve
 
 LABELS = ["a photo of a cat", "a photo of a dog", "a photo of a car"]
@@ -27,6 +30,9 @@ DEVICE = 0 if torch.cuda.is_available() else "cpu"
 
 @pytest.fixture(scope="module")
 def hub_folder(tmp_path_factory):
+    """A full-size random ViT-B/32 folder written by transformers (for the parity tests)."""
+    transformers = reference("transformers")
+    reference("open_clip")  # the tokenizer files are built from open_clip's copy of the vocabulary
     from helpers.tokenizer_files import hub_dir
 
     folder = tmp_path_factory.mktemp("clip-vit-base-patch32")
@@ -39,11 +45,33 @@ def hub_folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def photo_bytes():
-    from skimage import data
+def tiny_folder(tmp_path_factory):
+    """A tiny random CLIP folder (32-pixel images, OpenAI's vocabulary) written by clipfast alone."""
+    folder = tmp_path_factory.mktemp("tiny-clip")
+    torch.manual_seed(0)
+    config = clipfast.CLIPConfig(
+        text_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4),
+        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                           num_attention_heads=4), projection_dim=16)
+    clipfast.CLIPModel(config).save_pretrained(folder)
+    clipfast.CLIPTokenizerFast.from_openai_vocab().save_pretrained(folder)
+    clipfast.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        folder)
+    return folder
 
+
+@pytest.fixture(scope="module")
+def photo_bytes():
+    """A real photo (scikit-image's cat) as JPEG; a smooth synthetic picture where scikit-image is not installed."""
+    try:
+        from skimage import data
+
+        array = data.chelsea()
+    except ImportError:
+        y, x = np.mgrid[0:300, 0:451]
+        array = np.stack([x % 256, y % 256, (x + y) % 256], axis=-1).astype(np.uint8)
     buffer = io.BytesIO()
-    Image.fromarray(data.chelsea()).save(buffer, format="JPEG", quality=92)
+    Image.fromarray(array).save(buffer, format="JPEG", quality=92)
     return buffer.getvalue()
 
 
@@ -63,6 +91,7 @@ def _snippet_one(module, model, url, dtype):
 
 
 def test_snippet_one_pipeline_fp32(hub_folder, server):
+    transformers = reference("transformers")
     ours = _snippet_one(clipfast, str(hub_folder), f"{server}/cat.jpg", torch.float32)
     ref = _snippet_one(transformers, str(hub_folder), f"{server}/cat.jpg", torch.float32)
     assert [r["label"] for r in ours] == [r["label"] for r in ref]
@@ -72,6 +101,7 @@ def test_snippet_one_pipeline_fp32(hub_folder, server):
 
 
 def test_snippet_one_pipeline_bf16(hub_folder, server):
+    transformers = reference("transformers")
     ours = _snippet_one(clipfast, str(hub_folder), f"{server}/cat.jpg", torch.bfloat16)
     ref = _snippet_one(transformers, str(hub_folder), f"{server}/cat.jpg", torch.bfloat16)
     assert [r["label"] for r in ours] == [r["label"] for r in ref]
@@ -94,16 +124,17 @@ def _snippet_two(module, model_id, url, dtype):
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)])
 def test_snippet_two_auto_classes(hub_folder, server, dtype, tol):
+    transformers = reference("transformers")
     label, probs = _snippet_two(clipfast, str(hub_folder), f"{server}/cat.jpg", dtype)
     ref_label, ref_probs = _snippet_two(transformers, str(hub_folder), f"{server}/cat.jpg", dtype)
     assert label == ref_label
     assert torch.allclose(probs, ref_probs, atol=tol)
 
 
-def test_batched_equals_one_at_a_time(hub_folder, server, photo_bytes, tmp_path):
+def test_batched_equals_one_at_a_time(tiny_folder, server, photo_bytes, tmp_path):
     path = tmp_path / "cat.png"
     Image.open(io.BytesIO(photo_bytes)).rotate(90, expand=True).save(path)
-    clip = clipfast.pipeline("zero-shot-image-classification", model=str(hub_folder), device="cpu")
+    clip = clipfast.pipeline("zero-shot-image-classification", model=str(tiny_folder), device="cpu")
     images = [f"{server}/cat.jpg", str(path), Image.open(path), photo_bytes]
     batched = clip(images, candidate_labels=["cat", "dog", "car", "tree"], batch_size=3)
     single = [clip(image, candidate_labels=["cat", "dog", "car", "tree"]) for image in images]
@@ -114,8 +145,8 @@ def test_batched_equals_one_at_a_time(hub_folder, server, photo_bytes, tmp_path)
     assert len(clip(str(path), candidate_labels=["cat", "dog", "car"], top_k=2)) == 2
 
 
-def test_pipeline_bad_inputs(hub_folder, server):
-    clip = clipfast.pipeline("zero-shot-image-classification", model=str(hub_folder), device="cpu")
+def test_pipeline_bad_inputs(tiny_folder, server):
+    clip = clipfast.pipeline("zero-shot-image-classification", model=str(tiny_folder), device="cpu")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed_port = s.getsockname()[1]
@@ -133,27 +164,27 @@ def test_pipeline_bad_inputs(hub_folder, server):
         clip(f"{server}/cat.jpg", candidate_labels=[])
     with pytest.raises(InputError, match="required"):
         clip(f"{server}/cat.jpg")
-    for template in ("a {} photo of {style}", "{} next to {}"):
+    for template in ("a {} photo of {style}", "{} next to {}", "constant", None):
         with pytest.raises(InputError, match="hypothesis_template"):
             clip(f"{server}/cat.jpg", candidate_labels=["a"], hypothesis_template=template)
 
 
-def test_bare_string_labels_are_split_on_commas(hub_folder, server):
+def test_bare_string_labels_are_split_on_commas(tiny_folder, server):
     """Documented choice: "cat, dog" means two labels (as transformers' text zero-shot pipeline), never letters."""
-    clip = clipfast.pipeline("zero-shot-image-classification", model=str(hub_folder), device="cpu")
+    clip = clipfast.pipeline("zero-shot-image-classification", model=str(tiny_folder), device="cpu")
     out = clip(f"{server}/cat.jpg", candidate_labels="cat, dog")
     assert sorted(r["label"] for r in out) == ["cat", "dog"]
     assert [r["label"] for r in clip(f"{server}/cat.jpg", candidate_labels="cat")] == ["cat"]
 
 
-def test_equal_prompts_tie_in_candidate_order_on_every_call(hub_folder, photo_bytes):
+def test_equal_prompts_tie_in_candidate_order_on_every_call(tiny_folder, photo_bytes):
     """Equal prompts are encoded once, so they tie exactly and keep the candidate order (as the reference), also
     after the pipeline's weight packing starts (whose rows' last bits can depend on their batch position)."""
-    clip = clipfast.pipeline("zero-shot-image-classification", model=str(hub_folder), device="cpu")
+    clip = clipfast.pipeline("zero-shot-image-classification", model=str(tiny_folder), device="cpu")
     image = Image.open(io.BytesIO(photo_bytes))
     for _ in range(3):
-        out = clip(image, candidate_labels=["b", "a", "c"], hypothesis_template="constant")
-        assert [r["label"] for r in out] == ["b", "a", "c"] and len({r["score"] for r in out}) == 1
+        out = clip(image, candidate_labels=["B", "b", "b "])  # one token sequence: "this is a photo of b ."
+        assert [r["label"] for r in out] == ["B", "b", "b "] and len({r["score"] for r in out}) == 1
         out = clip(image, candidate_labels=["dog", "cat", "dog"])
         dogs = [i for i, r in enumerate(out) if r["label"] == "dog"]
         assert dogs[1] == dogs[0] + 1 and out[dogs[0]]["score"] == out[dogs[1]]["score"]
@@ -166,6 +197,7 @@ def test_equal_prompts_tie_in_candidate_order_on_every_call(hub_folder, photo_by
 
 
 def test_generators_stream_results_like_the_reference(hub_folder, photo_bytes):
+    transformers = reference("transformers")
     image = Image.open(io.BytesIO(photo_bytes))
     images = [image, image.rotate(90), image.transpose(0)]
     labels = ["a photo of a cat", "a photo of a dog"]
@@ -182,18 +214,18 @@ def test_generators_stream_results_like_the_reference(hub_folder, photo_bytes):
         ours(iter(images), candidate_labels=labels, hypothesis_template="{} and {x}")  # raised at once
 
 
-def test_cuda_device_without_cuda_warns_and_runs_on_cpu(hub_folder, server):
+def test_cuda_device_without_cuda_warns_and_runs_on_cpu(tiny_folder, server):
     if torch.cuda.is_available():
         pytest.skip("CUDA present")
     with pytest.warns(UserWarning, match="CUDA is not available"):
-        clip = clipfast.pipeline("zero-shot-image-classification", model=str(hub_folder), device=0)
+        clip = clipfast.pipeline("zero-shot-image-classification", model=str(tiny_folder), device=0)
     assert clip.device.type == "cpu"
     with pytest.raises(InputError, match="not a device"):
-        clipfast.pipeline("zero-shot-image-classification", model=str(hub_folder), device="gpu-please")
+        clipfast.pipeline("zero-shot-image-classification", model=str(tiny_folder), device="gpu-please")
 
 
-def test_pipeline_save_and_reload(hub_folder, server, tmp_path):
-    clip = clipfast.pipeline("zero-shot-image-classification", model=str(hub_folder), device="cpu")
+def test_pipeline_save_and_reload(tiny_folder, server, tmp_path):
+    clip = clipfast.pipeline("zero-shot-image-classification", model=str(tiny_folder), device="cpu")
     clip.save_pretrained(tmp_path / "saved")
     again = clipfast.pipeline("zero-shot-image-classification", model=str(tmp_path / "saved"), device="cpu")
     a = clip(f"{server}/cat.jpg", candidate_labels=LABELS)
@@ -210,6 +242,7 @@ def test_unknown_task_is_refused():
 
 
 def test_processor_matches_reference_and_routes_kwargs(hub_folder, photo_bytes):
+    transformers = reference("transformers")
     image = Image.open(io.BytesIO(photo_bytes))
     ours = clipfast.CLIPProcessor.from_pretrained(hub_folder)
     ref = transformers.CLIPProcessor.from_pretrained(hub_folder)
@@ -256,20 +289,21 @@ def test_processor_matches_reference_and_routes_kwargs(hub_folder, photo_bytes):
         ours(image, "a cat", "extra")
 
 
-def test_processor_ignores_unknown_arguments_with_a_warning(hub_folder, caplog):
-    ours = clipfast.CLIPProcessor.from_pretrained(hub_folder)
+def test_processor_ignores_unknown_arguments_with_a_warning(tiny_folder, caplog):
+    ours = clipfast.CLIPProcessor.from_pretrained(tiny_folder)
     with caplog.at_level("WARNING"):
         got = ours(text="x", colour="red")
     assert "`colour` is not a valid argument" in caplog.text and got["input_ids"] == [49406, 343, 49407]
 
 
-def test_processor_from_pretrained_forwards_component_kwargs(hub_folder):
-    processor = clipfast.CLIPProcessor.from_pretrained(hub_folder, do_normalize=False, bos_token="(BOS)")
+def test_processor_from_pretrained_forwards_component_kwargs(tiny_folder):
+    processor = clipfast.CLIPProcessor.from_pretrained(tiny_folder, do_normalize=False, bos_token="(BOS)")
     assert processor.image_processor.do_normalize is False
     assert processor.tokenizer.bos_token == "(BOS)"
 
 
 def test_processor_save_load_both_layouts(hub_folder, tmp_path, photo_bytes):
+    transformers = reference("transformers")
     image = Image.open(io.BytesIO(photo_bytes))
     processor = clipfast.CLIPProcessor.from_pretrained(hub_folder)
     processor.save_pretrained(tmp_path / "v4")
@@ -291,6 +325,7 @@ def test_processor_save_load_both_layouts(hub_folder, tmp_path, photo_bytes):
 
 
 def test_auto_classes_map_by_model_type(hub_folder, tmp_path):
+    transformers = reference("transformers")
     from helpers.configs import TINY_TEXT, tiny_config_dict
 
     tiny = tmp_path / "tiny"

@@ -15,10 +15,12 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
+import numbers
 import os
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
-from clipfast.errors import CheckpointError
+from clipfast.errors import CheckpointError, InputError
 from clipfast.hub import CONFIG_NAME, read_json, resolve_file
 
 logger = logging.getLogger(__name__)
@@ -45,6 +47,75 @@ def _dtype_name(value: Any) -> str | None:
     return str(value).removeprefix("torch.")
 
 
+# -- field checks ------------------------------------------------------------------------------------------------
+# Each field is checked where its value enters: construction, from_dict / from_pretrained and assignment. Wrong
+# types raise TypeError, wrong values InputError (a ValueError); both name the field, the value and what is
+# expected. Whole floats (12.0, as some JSON writers store ints) are taken as ints; 3.5 is refused.
+
+# every hidden_act the model implements (modeling.ACT2FN plus its two module activations; a test keeps them equal)
+HIDDEN_ACTS = ("quick_gelu", "gelu", "gelu_python", "gelu_10", "gelu_new", "gelu_accurate", "gelu_python_tanh",
+               "gelu_pytorch_tanh", "gelu_fast", "relu", "relu2", "relu6", "silu", "swish", "mish", "tanh", "sigmoid",
+               "linear", "laplace", "prelu", "leaky_relu")
+_WHOLE_FLOATS = " (a whole float such as 12.0 is taken as 12)"
+
+
+def _int(where: str, value: Any, expected: str) -> int:
+    """``value`` as an int: ints and whole floats pass; bools, strings, 3.5, nan are refused."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, float)):
+        raise TypeError(f"{where} must be {expected}; got {value!r} ({type(value).__name__}).")
+    if isinstance(value, float) and not value.is_integer():  # also nan and inf
+        raise InputError(f"{where} must be {expected}{_WHOLE_FLOATS}; got {value!r}.")
+    return int(value)
+
+
+def _positive_int(where: str, value: Any) -> int:
+    """A size or count: an int >= 1."""
+    whole = _int(where, value, "a positive int")
+    if whole < 1:
+        raise InputError(f"{where} must be a positive int; got {value!r}.")
+    return whole
+
+
+def _token_id(where: str, value: Any) -> int | None:
+    """A special token id: an int or None."""
+    return None if value is None else _int(where, value, "an int token id or None")
+
+
+def _number(where: str, value: Any, expected: str, ok: Callable[[float], bool]) -> float | int:
+    """A finite real number (not a bool) for which ``ok`` holds."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{where} must be {expected}; got {value!r} ({type(value).__name__}).")
+    if not math.isfinite(value) or not ok(value):
+        raise InputError(f"{where} must be {expected}; got {value!r}.")
+    return value if isinstance(value, (int, float)) else float(value)  # NumPy scalars: JSON cannot write them
+
+
+def _hidden_act(where: str, value: Any) -> str:
+    """An activation name the model implements."""
+    if not isinstance(value, str) or value not in HIDDEN_ACTS:
+        error = TypeError if not isinstance(value, str) else InputError
+        raise error(f"{where}={value!r} is not supported; choose one of {sorted(HIDDEN_ACTS)}.")
+    return value
+
+
+_RULES: dict[str, Callable[[str, Any], Any]] = {
+    **dict.fromkeys(("vocab_size", "hidden_size", "intermediate_size", "projection_dim", "num_hidden_layers",
+                     "num_attention_heads", "max_position_embeddings", "num_channels", "image_size", "patch_size"),
+                    _positive_int),
+    **dict.fromkeys(("pad_token_id", "bos_token_id", "eos_token_id"), _token_id),
+    "hidden_act": _hidden_act,
+    "layer_norm_eps": lambda where, v: _number(where, v, "a positive number", lambda x: x > 0),
+    "attention_dropout": lambda where, v: _number(where, v, "a probability in [0, 1]", lambda x: 0 <= x <= 1),
+    "dropout": lambda where, v: _number(where, v, "a probability in [0, 1]", lambda x: 0 <= x <= 1),
+    "initializer_range": lambda where, v: _number(where, v, "a number >= 0", lambda x: x >= 0),
+    "initializer_factor": lambda where, v: _number(where, v, "a number >= 0", lambda x: x >= 0),
+    "logit_scale_init_value": lambda where, v: _number(where, v, "a finite number (the log of the logit scale)",
+                                                       lambda x: True),
+}
+# checked also where they are not a declared field (2021 Hub files carry "dropout" in both sub-configs)
+_CHECKED_EXTRAS = frozenset({"dropout"})
+
+
 def set_known_attributes(obj: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     """Set each of ``kwargs`` that ``obj`` already has as an attribute (``from_dict`` overrides); return the rest."""
     unused = {}
@@ -65,6 +136,7 @@ class PretrainedConfig:
     model_type: ClassVar[str] = ""
     base_config_key: ClassVar[str] = ""
     _fields: ClassVar[dict[str, Any]] = {}
+    sub_configs: ClassVar[dict[str, type]] = {}
 
     def __init__(self, **kwargs: Any) -> None:
         for name, default in self._fields.items():
@@ -85,6 +157,40 @@ class PretrainedConfig:
             kwargs.pop(key, None)
         for key, value in kwargs.items():  # unknown keys are kept, as transformers does
             setattr(self, key, value)
+        self._check_consistency()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Check a declared field's value as it is assigned (see ``_RULES``); sub-configs are built from dicts."""
+        rule = _RULES.get(name)
+        if rule is not None and (name in self._fields or name in _CHECKED_EXTRAS):
+            value = rule(f"{type(self).__name__}.{name}", value)
+        elif name in self.sub_configs:
+            value = _as_config(self.sub_configs[name], value, f"{type(self).__name__}.{name}")
+        super().__setattr__(name, value)
+
+    def _check_consistency(self) -> None:
+        """Checks that involve several fields (run after construction, not per assignment, so that fields can be
+        changed one at a time): heads divide the width, the patch fits the image."""
+        name = type(self).__name__
+        hidden, heads = self.__dict__.get("hidden_size"), self.__dict__.get("num_attention_heads")
+        if "hidden_size" in self._fields and hidden % heads:
+            raise InputError(f"{name}.hidden_size={hidden} must be divisible by num_attention_heads={heads} (each "
+                             f"head gets hidden_size / num_attention_heads channels); e.g. num_attention_heads="
+                             f"{max(h for h in range(1, min(heads, hidden) + 1) if hidden % h == 0)}.")
+        image, patch = self.__dict__.get("image_size"), self.__dict__.get("patch_size")
+        if "patch_size" in self._fields and patch > image:
+            raise InputError(f"{name}.patch_size={patch} is larger than image_size={image}: the image holds no "
+                             "patch. Use a patch_size of at most image_size.")
+
+    def validate(self) -> None:
+        """Check every field and the fields together (sub-configs too), as construction does: for configs whose
+        fields were changed one at a time. Raises TypeError or :class:`~clipfast.errors.InputError`."""
+        for name, value in list(self.__dict__.items()):
+            if isinstance(value, PretrainedConfig):
+                value.validate()
+            elif name in _RULES and (name in self._fields or name in _CHECKED_EXTRAS):
+                _RULES[name](f"{type(self).__name__}.{name}", value)
+        self._check_consistency()
 
     def __getattr__(self, name: str) -> Any:
         """transformers' generic base-config fields that CLIP does not use, at their defaults."""
@@ -125,10 +231,12 @@ class PretrainedConfig:
                 if text.lower() not in ("true", "1", "y", "yes", "false", "0", "n", "no"):
                     raise ValueError(f"update_from_string: {key} needs a boolean, got {text!r}.")
                 value: Any = text.lower() in ("true", "1", "y", "yes")
-            elif isinstance(current, int):
-                value = int(text)
-            elif isinstance(current, float):
-                value = float(text)
+            elif isinstance(current, (int, float)):
+                try:
+                    value = type(current)(text)
+                except ValueError:
+                    raise InputError(f"update_from_string: {key} needs a {type(current).__name__}, got {text!r}."
+                                     ) from None
             elif isinstance(current, str) or key == "torch_dtype":
                 value = text
             else:
@@ -139,6 +247,12 @@ class PretrainedConfig:
 
     def _set_labels(self, id2label: dict | None, label2id: dict | None, num_labels: int | None) -> None:
         """id2label keys become ints (JSON stores them as strings); num_labels defaults to 2 like transformers."""
+        if num_labels is not None and (isinstance(num_labels, bool) or not isinstance(num_labels, int)
+                                       or num_labels < 0):
+            raise InputError(f"{type(self).__name__}.num_labels must be an int >= 0; got {num_labels!r}.")
+        if id2label is not None and not isinstance(id2label, dict):
+            raise TypeError(f"{type(self).__name__}.id2label must be a dict of class index -> name, e.g. "
+                            f"{{0: 'cat', 1: 'dog'}}; got {id2label!r} ({type(id2label).__name__}).")
         if id2label is not None:
             self.id2label = {int(k): v for k, v in id2label.items()}
             if num_labels is not None and num_labels != len(self.id2label):
@@ -233,7 +347,11 @@ class PretrainedConfig:
     def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> Any:
         """Build a config from a dict; ``kwargs`` override fields. ``return_unused_kwargs=True`` as transformers."""
         return_unused = kwargs.pop("return_unused_kwargs", False)
-        config = cls(**{**config_dict})
+        if not isinstance(config_dict, dict):
+            raise TypeError(f"{cls.__name__}.from_dict needs a dict of fields; got {type(config_dict).__name__}.")
+        # declared fields given as kwargs go into the constructor, so the fields are checked together once
+        fields = {key: kwargs.pop(key) for key in list(kwargs) if key in cls._fields}
+        config = cls(**{**config_dict, **fields})
         unused = set_known_attributes(config, kwargs)
         return (config, unused) if return_unused else config
 
@@ -281,8 +399,12 @@ class PretrainedConfig:
             kwargs.pop(ignored, None)
         data = cls.get_config_dict(pretrained_model_name_or_path, subfolder=subfolder, revision=revision,
                                    cache_dir=cache_dir, local_files_only=local_files_only, token=token)
-        data = cls._select(data, os.fspath(pretrained_model_name_or_path))
-        return cls.from_dict(data, **kwargs)
+        source = os.fspath(pretrained_model_name_or_path)
+        data = cls._select(data, source)
+        try:
+            return cls.from_dict(data, **kwargs)
+        except (InputError, TypeError) as exc:  # say which file holds the bad value
+            raise type(exc)(f"{source!r} ({CONFIG_NAME}): {exc}") from None
 
     @classmethod
     def _select(cls, data: dict[str, Any], source: str) -> dict[str, Any]:
@@ -391,8 +513,8 @@ class CLIPConfig(PretrainedConfig):
         vision_config = _merge_legacy(CLIPVisionConfig, vision_config, kwargs.pop("vision_config_dict", None))
         super().__init__(projection_dim=projection_dim, logit_scale_init_value=logit_scale_init_value,
                          initializer_factor=initializer_factor, **kwargs)
-        self.text_config = _as_config(CLIPTextConfig, text_config)
-        self.vision_config = _as_config(CLIPVisionConfig, vision_config)
+        self.text_config = text_config  # built into a CLIPTextConfig by __setattr__
+        self.vision_config = vision_config
         if self._attn_implementation_value is not None:
             self._attn_implementation = self._attn_implementation_value
 
@@ -409,24 +531,29 @@ def _merge_legacy(cls: type, config: dict | PretrainedConfig | None, legacy: dic
     config is built from it (defaults for the keys it lacks) and all its values win."""
     if legacy is None:
         return config
+    if not isinstance(legacy, dict):
+        raise TypeError(f"CLIPConfig.{cls.base_config_key}_dict must be a dict of {cls.__name__} fields or None; "
+                        f"got {legacy!r} ({type(legacy).__name__}).")
     base = config.to_dict() if isinstance(config, PretrainedConfig) else dict(config or {})
     full = cls(**{k: v for k, v in legacy.items() if k not in _DROPPED_ON_LOAD}).to_dict()
     base.update({k: v for k, v in full.items() if k not in _DROPPED_ON_LOAD})
     return base
 
 
-def _as_config(cls: type, value: dict | PretrainedConfig | None) -> Any:
-    """A sub-config from a dict, an instance (kept as is) or None (defaults)."""
+def _as_config(cls: type, value: Any, where: str) -> Any:
+    """A sub-config from a dict, an instance (kept as is) or None (defaults); anything else is refused."""
     if value is None:
         return cls()
     if isinstance(value, cls):
         return value
-    if isinstance(value, PretrainedConfig):
-        return cls.from_dict(value.to_dict())
+    expected = f"{where} must be a {cls.__name__}, a dict of its fields or None"
+    swapped = {CLIPTextConfig.model_type, CLIPVisionConfig.model_type} - {cls.model_type}
+    if isinstance(value, PretrainedConfig) or (isinstance(value, dict) and value.get("model_type") in swapped):
+        kind = type(value).__name__ if isinstance(value, PretrainedConfig) else f"model_type {value['model_type']!r}"
+        raise InputError(f"{expected}; got a {kind} config (text and vision configs swapped?).")
     if not isinstance(value, dict):
-        raise TypeError(f"{cls.__name__} must be built from a dict or a {cls.__name__}, got {type(value).__name__}.")
-    value = {k: v for k, v in value.items() if k != "model_type"}
-    return cls(**value)
+        raise TypeError(f"{expected}; got {value!r} ({type(value).__name__}).")
+    return cls(**{k: v for k, v in value.items() if k != "model_type"})
 
 
 CONFIG_CLASSES: dict[str, type] = {c.model_type: c for c in (CLIPConfig, CLIPTextConfig, CLIPVisionConfig)}

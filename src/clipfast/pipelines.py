@@ -2,23 +2,38 @@
 
 Same call, outputs and ordering as transformers' pipeline. Beyond it: the labels' text embeddings are computed
 once per call (not once per image), images are decoded on a thread pool, and ``top_k`` is accepted.
+
+Arguments are checked before any work, each bad one with an :class:`~clipfast.errors.InputError` (a ValueError,
+as transformers raises for a bad ``batch_size``) that names it and its value. Documented choices:
+
+- ``hypothesis_template`` must put the label somewhere: one ``{}`` (or ``{0}``). A template without it would give
+  every label the same prompt and the same score, so it is refused, whatever the number of labels.
+- ``candidate_labels``: a list (or other iterable) of strings; a bare string is split on commas. Empty strings are
+  labels like any other. Duplicates are kept and tie.
+- ``top_k``: ``None`` (all labels) or an int >= 1; a ``top_k`` above the number of labels returns them all.
+- ``batch_size``: ``None`` (32) or an int >= 1; results do not depend on it.
+- an empty list of images gives an empty list of results.
+- ``device``: None (CPU), an int (a negative int is the CPU, as in transformers), "cpu", "cuda[:N]", "mps" or a
+  ``torch.device``; CUDA or MPS asked for where there is none falls back to the CPU with a warning. ``device_map``
+  ("auto", or a dict that puts everything on one device) picks one device: the model is never split.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import string
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from itertools import islice
 from typing import Any, Iterable
 
 import torch
 
+from clipfast.constants import DEFAULT_MODEL, DEFAULT_TEMPLATE
 from clipfast.errors import InputError
 
 TASK = "zero-shot-image-classification"
-DEFAULT_MODEL = "openai/clip-vit-base-patch32"
-DEFAULT_TEMPLATE = "This is a photo of {}."
 # images per model call when the caller sets no batch_size: batching changes nothing but float round-off, and a
 # batch of 32 runs the image encoder near the CPU's matmul peak where batch 1 wastes half of it
 AUTO_BATCH_SIZE = 32
@@ -32,36 +47,80 @@ def resolve_device(device: Any) -> torch.device:
     """
     if device is None:
         return torch.device("cpu")
+    hint = "use an int (GPU index), 'cpu', 'cuda', 'cuda:0' or 'mps'"
+    if isinstance(device, bool) or not isinstance(device, (int, str, torch.device)):
+        raise InputError(f"device={device!r} is not a device; {hint}.")
     if isinstance(device, int):
         device = torch.device("cpu") if device < 0 else torch.device("cuda", device)
     try:
         device = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise InputError(f"device={device!r} is not a device; use an int (GPU index), 'cpu', 'cuda' or "
-                         "'cuda:0'.") from exc
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            warnings.warn(f"device={str(device)!r} was asked for, but CUDA is not available: running on the CPU. "
-                          "Pass device='cpu' to silence this warning.", stacklevel=3)
-            return torch.device("cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise InputError(f"device={str(device)!r} does not exist: this machine has "
-                             f"{torch.cuda.device_count()} CUDA device(s).")
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise InputError(f"device={device!r} is not a device; {hint}.") from exc
+    if device.type == "meta":
+        raise InputError(f"device='meta' holds no weights, so nothing can run there; {hint}.")
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if device.type in ("cuda", "mps") and not available[device.type]:
+        warnings.warn(f"device={str(device)!r} was asked for, but {device.type.upper()} is not available: running "
+                      "on the CPU. Pass device='cpu' to silence this warning.", stacklevel=4)
+        return torch.device("cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise InputError(f"device={str(device)!r} does not exist: this machine has "
+                         f"{torch.cuda.device_count()} CUDA device(s).")
+    backend = getattr(torch, device.type, None)
+    if not available.get(device.type, getattr(backend, "is_available", lambda: False)()):
+        raise InputError(f"device={str(device)!r}: this machine (or this PyTorch build) has no {device.type} "
+                         f"device; {hint}.")
     return device
+
+
+def _device_from_map(device_map: Any) -> Any:
+    """The one device a transformers ``device_map`` names: clipfast never splits the model across devices."""
+    if isinstance(device_map, str) and device_map in ("auto", "balanced", "balanced_low_0", "sequential"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if isinstance(device_map, Mapping):
+        devices = {str(d) if not isinstance(d, int) else d for d in device_map.values()}
+        if len(devices) != 1:
+            raise InputError(f"device_map={dict(device_map)!r} spreads the model over several devices; clipfast "
+                             "runs it on one: pass device='cuda:0' (or 'cpu').")
+        return devices.pop()
+    return device_map
+
+
+def _check_count(name: str, value: Any, minimum: int = 1) -> int | None:
+    """``value`` as an optional int >= ``minimum`` (``top_k``, ``batch_size``, ``num_workers``)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InputError(f"{name} must be an int >= {minimum} or None; got {value!r}.")
+    return value
+
+
+def _check_timeout(timeout: Any) -> float | None:
+    """``timeout``: None (the default) or a positive number of seconds."""
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or not (math.isfinite(timeout) and timeout > 0)):
+        raise InputError(f"timeout must be a positive number of seconds or None; got {timeout!r}.")
+    return timeout
 
 
 def _as_labels(candidate_labels: Any) -> list[str]:
     """Validate labels. A bare string is split on commas (as transformers' text zero-shot pipeline does)."""
+    example = "e.g. candidate_labels=['cat', 'dog']"
     if candidate_labels is None:
-        raise InputError("candidate_labels is required, e.g. candidate_labels=['cat', 'dog'].")
+        raise InputError(f"candidate_labels is required, {example}.")
     if isinstance(candidate_labels, str):
         candidate_labels = [label.strip() for label in candidate_labels.split(",") if label.strip()]
+    if isinstance(candidate_labels, (Mapping, bytes, bytearray)) or not isinstance(candidate_labels, Iterable):
+        raise InputError(f"candidate_labels must be a list of strings, {example}; got {candidate_labels!r} "
+                         f"({type(candidate_labels).__name__}).")
     labels = list(candidate_labels)
     if not labels:
-        raise InputError("candidate_labels is empty: give at least one label, e.g. ['cat', 'dog'].")
+        raise InputError(f"candidate_labels is empty: give at least one label, {example}.")
     bad = [label for label in labels if not isinstance(label, str)]
     if bad:
-        raise InputError(f"candidate_labels must be strings; got {bad[:3]!r}.")
+        nested = " (one flat list of labels serves every image)" if isinstance(bad[0], (list, tuple)) else ""
+        raise InputError(f"candidate_labels must be strings{nested}; got {bad[0]!r} ({type(bad[0]).__name__}) "
+                         f"in {labels[:5]!r}.")
     return labels
 
 
@@ -83,8 +142,8 @@ class ZeroShotImageClassificationPipeline:
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.image_processor = image_processor
-        self.batch_size = batch_size
-        self.num_workers = num_workers
+        self.batch_size = _check_count("batch_size", batch_size)
+        self.num_workers = _check_count("num_workers", num_workers, minimum=0)
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -105,7 +164,10 @@ class ZeroShotImageClassificationPipeline:
             raise TypeError(f"Unexpected arguments {sorted(kwargs)}; the pipeline takes candidate_labels, "
                             "hypothesis_template, top_k, batch_size and timeout.")
         labels = _as_labels(candidate_labels)
-        batch = batch_size or self.batch_size or AUTO_BATCH_SIZE
+        _fill(hypothesis_template, labels[0])  # a bad template fails before any image is read
+        top_k = _check_count("top_k", top_k)
+        batch = _check_count("batch_size", batch_size) or self.batch_size or AUTO_BATCH_SIZE
+        timeout = _check_timeout(timeout)
         if isinstance(image, Iterator):
             return self._stream(image, labels, hypothesis_template, top_k, batch, timeout)
         single = not isinstance(image, (list, tuple))
@@ -200,12 +262,20 @@ class ZeroShotImageClassificationPipeline:
 
 
 def _fill(template: str, label: str) -> str:
-    """``template.format(label)``, with a clear error for a template that cannot take one label."""
+    """``template.format(label)``, with a clear error for a template that cannot take one label or has no place
+    for it (every label would get the same prompt)."""
+    if not isinstance(template, str):
+        raise InputError(f"hypothesis_template must be a str with {{}} where the label goes, e.g. "
+                         f"{DEFAULT_TEMPLATE!r}; got {template!r} ({type(template).__name__}).")
     try:
-        return template.format(label)
+        prompt = template.format(label)
     except (KeyError, IndexError, ValueError, AttributeError, TypeError) as exc:  # {x}, {1}, {:d}, {0.a}, {0[x]}
         raise InputError(f"hypothesis_template={template!r} cannot take a label ({exc!r}): it needs one {{}} where "
                          "the label goes and no other {...} fields (write {{ }} for braces).") from None
+    if not any(field is not None for _, field, _, _ in string.Formatter().parse(template)):
+        raise InputError(f"hypothesis_template={template!r} has no {{}} where the label goes, so every label would "
+                         f"get the same prompt and the same score; write e.g. {DEFAULT_TEMPLATE!r}.")
+    return prompt
 
 
 def _softmax_columns(logits: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
@@ -239,8 +309,9 @@ def pipeline(task: str | None = None, model: Any = None, config: Any = None, tok
     if task not in (None, TASK):
         raise InputError(f"Unknown task {task!r}: clipfast provides {TASK!r}.")
     model = DEFAULT_MODEL if model is None else model
+    batch_size = _check_count("batch_size", batch_size)
     if device is None and device_map is not None:
-        device = device_map
+        device = _device_from_map(device_map)
     hub = dict(revision=revision, token=token, **{k: kwargs.pop(k) for k in ("cache_dir", "local_files_only",
                                                                                "subfolder") if k in kwargs})
     for ignored in ("trust_remote_code", "framework", "pipeline_class"):
