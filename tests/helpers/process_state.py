@@ -27,7 +27,7 @@ _PRECISION_OBJECTS = {
     "cudnn.fp32_precision": lambda: torch.backends.cudnn,
 }
 # set by the tools themselves, not by a test: pytest at every phase, torch's compiler on first use
-_PYTEST_OWN = {"PYTEST_CURRENT_TEST", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"}
+_TOOLS_OWN = ("PYTEST_CURRENT_TEST", "TORCHINDUCTOR_", "_TORCHINDUCTOR_", "TRITON_")
 _INIT_METHODS = ("normal_", "uniform_", "zero_", "fill_", "copy_", "random_")
 
 
@@ -74,7 +74,7 @@ def snapshot() -> dict[str, Any]:
         "torch": _settings(),
         "nn.init": dict(vars(torch.nn.init)),
         "Tensor": {name: getattr(torch.Tensor, name) for name in _INIT_METHODS},
-        "environ": {k: v for k, v in os.environ.items() if k not in _PYTEST_OWN},
+        "environ": {k: v for k, v in os.environ.items() if not k.startswith(_TOOLS_OWN)},
     }
 
 
@@ -104,7 +104,7 @@ def restore(snap: dict[str, Any]) -> None:
     for name, value in snap["Tensor"].items():
         if getattr(torch.Tensor, name) is not value:
             setattr(torch.Tensor, name, value)
-    for name in set(os.environ) - set(snap["environ"]) - _PYTEST_OWN:
+    for name in {k for k in os.environ if not k.startswith(_TOOLS_OWN)} - set(snap["environ"]):
         del os.environ[name]
     for name, value in snap["environ"].items():
         if os.environ.get(name) != value:
