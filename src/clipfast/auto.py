@@ -10,19 +10,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from clipfast import formats
 from clipfast.errors import CheckpointError
-from clipfast.hub import read_json, resolve_file
+from clipfast.processing import CLIPProcessor, load_image_processor, load_tokenizer, split_hub_kwargs
 
 SUPPORTED = "'clip', 'clip_text_model' and 'clip_vision_model'"
-HUB_KWARGS = ("subfolder", "revision", "cache_dir", "local_files_only", "token")
-_IGNORED = ("trust_remote_code", "force_download", "use_auth_token", "resume_download", "proxies")
-
-
-def split_hub_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Pop the file-location options out of ``kwargs`` (and drop transformers options with no effect here)."""
-    for name in _IGNORED:
-        kwargs.pop(name, None)
-    return {k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs}
 
 
 def _model_classes(table: dict[str, str]) -> dict[str, type]:
@@ -93,12 +85,13 @@ class _AutoModel:
         if config is not None:
             model_cls = cls._class_for(config.model_type, config.architectures, pretrained_model_name_or_path)
         else:
-            hub = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
-            data = _foreign_or_config(pretrained_model_name_or_path, hub)
-            if data is None:  # an OpenAI / open_clip checkpoint: clipfast.convert reads it as a CLIPModel
+            hub = {k: kwargs[k] for k in formats.HUB_KWARGS if k in kwargs}
+            if formats.is_foreign(pretrained_model_name_or_path, **hub):
+                # an OpenAI / open_clip checkpoint: CLIPModel.from_pretrained reads it through clipfast.formats
                 from clipfast.modeling import CLIPModel
 
                 return CLIPModel.from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+            data = _config_dict(pretrained_model_name_or_path, hub)
             model_cls = cls._class_for(data.get("model_type", ""), data.get("architectures"),
                                        pretrained_model_name_or_path)
         return model_cls.from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
@@ -107,13 +100,6 @@ class _AutoModel:
     def from_config(cls, config: Any, **kwargs: Any) -> Any:
         """A randomly initialised model for ``config``."""
         return cls._class_for(config.model_type, config.architectures, "config")._from_config(config, **kwargs)
-
-
-def _foreign_or_config(name: str | os.PathLike, hub: dict[str, Any]) -> dict[str, Any] | None:
-    """config.json of an HF checkpoint, or None for what clipfast.convert reads (single files, open_clip layouts)."""
-    from clipfast.convert import is_foreign
-
-    return None if is_foreign(name, **hub) else _config_dict(name, hub)
 
 
 class AutoModel(_AutoModel):
@@ -136,37 +122,6 @@ class AutoModelForImageClassification(_AutoModel):
 
 # ---------------------------------------------------------------------------------------------------------------
 # tokenizers and image processors
-
-
-def load_tokenizer(name: str | os.PathLike, hub: dict[str, Any], kwargs: dict[str, Any], use_fast: bool = True) -> Any:
-    """The CLIP tokenizer of a folder or hub id; a tokenizer of another family is refused by name."""
-    path = resolve_file(name, "tokenizer_config.json", required=False, **hub)
-    declared = read_json(path).get("tokenizer_class") if path else None
-    if declared and declared.removesuffix("Fast") != "CLIPTokenizer":
-        raise CheckpointError(f"{os.fspath(name)!r} uses a {declared}; clipfast provides only CLIPTokenizer and "
-                              "CLIPTokenizerFast.")
-    if use_fast:
-        from clipfast.tokenization_fast import CLIPTokenizerFast as tokenizer_cls
-    else:
-        from clipfast.tokenization import CLIPTokenizer as tokenizer_cls
-    return tokenizer_cls.from_pretrained(name, **hub, **kwargs)
-
-
-def load_image_processor(name: str | os.PathLike, hub: dict[str, Any], kwargs: dict[str, Any],
-                         use_fast: bool | None = None) -> Any:
-    """The image processor of a folder or hub id (4.x or 5.x layout); ``use_fast=None`` keeps the saved class."""
-    from clipfast.image_processing import CLIPImageProcessor, CLIPImageProcessorFast
-    from clipfast.processing import read_image_processor_dict
-
-    data = read_image_processor_dict(name, hub)
-    declared = data.get("image_processor_type") or data.get("feature_extractor_type") or "CLIPImageProcessor"
-    family = declared.removesuffix("Fast")
-    if family not in ("CLIPImageProcessor", "CLIPFeatureExtractor"):
-        raise CheckpointError(f"{os.fspath(name)!r} uses a {declared}; clipfast provides only CLIPImageProcessor "
-                              "and CLIPImageProcessorFast.")
-    fast = declared.endswith("Fast") if use_fast is None else use_fast
-    processor_cls = CLIPImageProcessorFast if fast else CLIPImageProcessor
-    return processor_cls.from_dict(data, **kwargs)
 
 
 class AutoTokenizer:
@@ -194,6 +149,4 @@ class AutoProcessor:
 
     @staticmethod
     def from_pretrained(pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
-        from clipfast.processing import CLIPProcessor
-
         return CLIPProcessor.from_pretrained(pretrained_model_name_or_path, **kwargs)

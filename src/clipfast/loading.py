@@ -102,15 +102,20 @@ def from_pretrained(cls: type, pretrained_model_name_or_path: str | os.PathLike,
     """
     if model_args:
         raise TypeError(f"{cls.__name__}.from_pretrained takes no extra positional arguments; got {model_args!r}.")
-    from clipfast import convert  # single files (OpenAI .pt, open_clip) and open_clip folders are converted in memory
+    from clipfast import formats  # single files (OpenAI .pt, open_clip) and open_clip folders, renamed in memory
 
-    if convert.is_foreign(pretrained_model_name_or_path, subfolder=subfolder, revision=revision, cache_dir=cache_dir,
-                          local_files_only=local_files_only, token=token):
-        return convert.from_pretrained(
-            cls, pretrained_model_name_or_path, config=config, subfolder=subfolder, revision=revision,
-            cache_dir=cache_dir, local_files_only=local_files_only, token=token, torch_dtype=torch_dtype, dtype=dtype,
-            attn_implementation=attn_implementation, device_map=device_map, output_loading_info=output_loading_info,
-            ignore_mismatched_sizes=ignore_mismatched_sizes, key_mapping=key_mapping, **kwargs)
+    where = dict(subfolder=subfolder, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
+                 token=token)
+    kind = formats.source_kind(pretrained_model_name_or_path, **where)
+    if kind != formats.HF:
+        ckpt = formats.read_checkpoint(pretrained_model_name_or_path, kwargs.pop("open_clip_config", None), kind=kind,
+                                       **where)
+        if config is None:
+            config = config_from_dict(cls, ckpt.config.to_dict(), ckpt.source)
+        return load_state_into(cls, config, ckpt.state_dict, ckpt.source, torch_dtype=torch_dtype, dtype=dtype,
+                               attn_implementation=attn_implementation, device_map=device_map,
+                               output_loading_info=output_loading_info, ignore_mismatched_sizes=ignore_mismatched_sizes,
+                               key_mapping=key_mapping, **kwargs)
     source = os.fspath(pretrained_model_name_or_path)
     hub = dict(subfolder=subfolder, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
                token=token)

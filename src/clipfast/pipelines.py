@@ -339,15 +339,20 @@ def _load_source(source: str | os.PathLike, dtype: Any, tokenizer: Any, image_pr
                  hub: dict[str, Any], use_fast: bool, model_kwargs: dict[str, Any]) -> tuple[Any, Any, Any]:
     """Model, tokenizer and image processor from a hub id, folder or checkpoint file; given components win.
 
-    OpenAI and open_clip checkpoints go through ``clipfast.load``, which brings the matching vocabulary and
-    preprocessing in the same read; transformers folders and hub ids load their saved tokenizer and processor.
+    OpenAI and open_clip checkpoints are read once and go through ``clipfast.convert.load_checkpoint`` (what
+    ``clipfast.load`` does), which brings the matching vocabulary and preprocessing in the same read; transformers
+    folders and hub ids load their saved tokenizer and processor.
     """
-    from clipfast.convert import is_foreign, load
+    from clipfast import formats
+    from clipfast.convert import load_checkpoint
 
     if processor is not None:
         tokenizer, image_processor = tokenizer or processor.tokenizer, image_processor or processor.image_processor
-    if is_foreign(source, **hub):
-        model, default_tokenizer, default_processor = load(source, torch_dtype=dtype, **hub, **model_kwargs)
+    kind = formats.source_kind(source, **hub)
+    if kind != formats.HF:  # decided once: the checkpoint is read with this answer
+        options = dict(model_kwargs)
+        ckpt = formats.read_checkpoint(source, options.pop("open_clip_config", None), kind=kind, **hub)
+        model, default_tokenizer, default_processor = load_checkpoint(ckpt, torch_dtype=dtype, **options)
         # the pipeline owns this model and never changes its weights: packed float32 CPU weights are safe here
         return model.set_cpu_weight_packing(), tokenizer or default_tokenizer, image_processor or default_processor
     from clipfast.auto import AutoImageProcessor, AutoModelForZeroShotImageClassification, AutoTokenizer

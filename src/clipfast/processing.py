@@ -13,13 +13,15 @@ import os
 import warnings
 from typing import Any
 
+from clipfast import formats
+from clipfast.constants import IMAGE_PROCESSOR_NAME, PROCESSOR_NAME
 from clipfast.errors import CheckpointError, InputError
 from clipfast.hub import read_json, resolve_file
 
 logger = logging.getLogger(__name__)
 
-PROCESSOR_CONFIG = "processor_config.json"
-IMAGE_PROCESSOR_CONFIG = "preprocessor_config.json"
+# transformers options that have no effect here; from_pretrained accepts and drops them
+_IGNORED = ("trust_remote_code", "force_download", "use_auth_token", "resume_download", "proxies")
 
 TEXT_KWARGS = frozenset({
     "text_pair", "add_special_tokens", "padding", "truncation", "max_length", "stride", "is_split_into_words",
@@ -126,7 +128,7 @@ class CLIPProcessor:
         """Write preprocessor_config.json and the tokenizer files (the layout transformers 4.x and 5.x both read)."""
         os.makedirs(save_directory, exist_ok=True)
         self.image_processor.save_pretrained(save_directory)
-        path = os.path.join(save_directory, IMAGE_PROCESSOR_CONFIG)
+        path = os.path.join(save_directory, IMAGE_PROCESSOR_NAME)
         data = read_json(path)
         data["processor_class"] = type(self).__name__
         with open(path, "w", encoding="utf-8") as f:
@@ -142,13 +144,9 @@ class CLIPProcessor:
         Example:
             >>> CLIPProcessor.from_pretrained("openai/clip-vit-base-patch32", do_normalize=False)  # doctest: +SKIP
         """
-        from clipfast.auto import load_image_processor, load_tokenizer, split_hub_kwargs
-        from clipfast.convert import is_foreign, open_clip_processor
-
         hub = split_hub_kwargs(kwargs)
         image_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in IMAGE_KWARGS or k == "padding_value"}
-        if not os.path.isfile(os.fspath(pretrained_model_name_or_path)) and is_foreign(pretrained_model_name_or_path,
-                                                                                      **hub):
+        if formats.source_kind(pretrained_model_name_or_path, **hub) == formats.OPEN_CLIP:
             # an open_clip folder or hub repo: built from its open_clip_config.json
             processor = open_clip_processor(pretrained_model_name_or_path, **hub)
             for key, value in image_kwargs.items():
@@ -211,13 +209,65 @@ def _text_and_images(args: tuple[Any, ...], text: Any, images: Any) -> tuple[Any
 
 def read_image_processor_dict(name: str | os.PathLike, hub: dict[str, Any]) -> dict[str, Any]:
     """The image-processor settings of a folder: preprocessor_config.json (4.x) or processor_config.json (5.x)."""
-    path = resolve_file(name, IMAGE_PROCESSOR_CONFIG, required=False, **hub)
+    path = resolve_file(name, IMAGE_PROCESSOR_NAME, required=False, **hub)
     if path is not None:
         return read_json(path)
-    path = resolve_file(name, PROCESSOR_CONFIG, required=False, **hub)
+    path = resolve_file(name, PROCESSOR_NAME, required=False, **hub)
     if path is not None:
         data = read_json(path)
         if isinstance(data.get("image_processor"), dict):
             return data["image_processor"]
     raise CheckpointError(f"{os.fspath(name)!r} has no image preprocessing settings: expected "
-                          f"{IMAGE_PROCESSOR_CONFIG!r} (or {PROCESSOR_CONFIG!r} with an 'image_processor' entry).")
+                          f"{IMAGE_PROCESSOR_NAME!r} (or {PROCESSOR_NAME!r} with an 'image_processor' entry).")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# components of a folder or hub repo (the Auto classes use these too)
+
+
+def split_hub_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Pop the file-location options out of ``kwargs`` (and drop transformers options with no effect here)."""
+    for name in _IGNORED:
+        kwargs.pop(name, None)
+    return {k: kwargs.pop(k) for k in formats.HUB_KWARGS if k in kwargs}
+
+
+def load_tokenizer(name: str | os.PathLike, hub: dict[str, Any], kwargs: dict[str, Any], use_fast: bool = True) -> Any:
+    """The CLIP tokenizer of a folder or hub id; a tokenizer of another family is refused by name."""
+    path = resolve_file(name, "tokenizer_config.json", required=False, **hub)
+    declared = read_json(path).get("tokenizer_class") if path else None
+    if declared and declared.removesuffix("Fast") != "CLIPTokenizer":
+        raise CheckpointError(f"{os.fspath(name)!r} uses a {declared}; clipfast provides only CLIPTokenizer and "
+                              "CLIPTokenizerFast.")
+    if use_fast:
+        from clipfast.tokenization_fast import CLIPTokenizerFast as tokenizer_cls
+    else:
+        from clipfast.tokenization import CLIPTokenizer as tokenizer_cls
+    return tokenizer_cls.from_pretrained(name, **hub, **kwargs)
+
+
+def load_image_processor(name: str | os.PathLike, hub: dict[str, Any], kwargs: dict[str, Any],
+                         use_fast: bool | None = None) -> Any:
+    """The image processor of a folder or hub id (4.x or 5.x layout); ``use_fast=None`` keeps the saved class."""
+    from clipfast.image_processing import CLIPImageProcessor, CLIPImageProcessorFast
+
+    data = read_image_processor_dict(name, hub)
+    declared = data.get("image_processor_type") or data.get("feature_extractor_type") or "CLIPImageProcessor"
+    family = declared.removesuffix("Fast")
+    if family not in ("CLIPImageProcessor", "CLIPFeatureExtractor"):
+        raise CheckpointError(f"{os.fspath(name)!r} uses a {declared}; clipfast provides only CLIPImageProcessor "
+                              "and CLIPImageProcessorFast.")
+    fast = declared.endswith("Fast") if use_fast is None else use_fast
+    processor_cls = CLIPImageProcessorFast if fast else CLIPImageProcessor
+    return processor_cls.from_dict(data, **kwargs)
+
+
+def open_clip_processor(name: str | os.PathLike, **hub_kwargs: Any) -> CLIPProcessor:
+    """The ``CLIPProcessor`` of an open_clip folder or hub repo, from its ``open_clip_config.json`` alone (no
+    weights are read): OpenAI's BPE sized to the text context, and the image processor of its preprocess_cfg."""
+    from clipfast.image_processing import CLIPImageProcessor
+    from clipfast.tokenization_fast import CLIPTokenizerFast
+
+    context_length, image_processor = formats.open_clip_processing(name, **hub_kwargs)
+    tokenizer = CLIPTokenizerFast.from_openai_vocab(model_max_length=context_length, text_cleaning="openai")
+    return CLIPProcessor(image_processor=CLIPImageProcessor.from_dict(image_processor), tokenizer=tokenizer)

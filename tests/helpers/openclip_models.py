@@ -1,4 +1,8 @@
-"""Tiny open_clip models and their checkpoints in the native layouts of OpenAI and open_clip (random weights)."""
+"""Tiny open_clip models and their checkpoints in the native layouts of OpenAI and open_clip (random weights).
+
+``build`` needs open_clip (the test that calls it skips without it); ``openai_state_dict`` and
+``save_module_archive`` make the same layouts with clipfast and torch alone, for the tests of reading and refusing.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ import warnings
 from pathlib import Path
 
 import torch
+
+from helpers import reference as import_reference
 
 # OpenAI's conventions (heads = width / 64, quick_gelu), so the files read without a config
 OPENAI_LIKE = dict(embed_dim=32, quick_gelu=True,
@@ -22,7 +28,7 @@ IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
 def build(model_cfg: dict, seed: int = 0) -> torch.nn.Module:
     """An open_clip CLIP with random weights, LayerNorms and logit_scale moved off their init values."""
-    import open_clip
+    open_clip = import_reference("open_clip")
 
     torch.manual_seed(seed)
     model = open_clip.CLIP(**json.loads(json.dumps(model_cfg))).eval()
@@ -86,3 +92,51 @@ def save_open_clip_folder(model: torch.nn.Module, model_cfg: dict, folder: Path,
     config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg or {}}
     (folder / "open_clip_config.json").write_text(json.dumps(config))
     return folder
+
+
+def openai_state_dict(seed: int = 0, **text_cfg: int) -> dict[str, torch.Tensor]:
+    """OPENAI_LIKE's tensors (``text_cfg`` changes its text tower: vocab_size, context_length) in OpenAI's layout
+    with its causal-mask buffer, made without open_clip: a random clipfast CLIPModel with its keys renamed back."""
+    import clipfast
+    from clipfast.formats import hf_to_openai
+
+    vision, text = OPENAI_LIKE["vision_cfg"], {**OPENAI_LIKE["text_cfg"], **text_cfg}
+    tower = dict(hidden_act="quick_gelu")
+    config = clipfast.CLIPConfig(
+        text_config=dict(vocab_size=text["vocab_size"], max_position_embeddings=text["context_length"],
+                         hidden_size=text["width"], intermediate_size=4 * text["width"],
+                         num_hidden_layers=text["layers"], num_attention_heads=text["width"] // 64, **tower),
+        vision_config=dict(image_size=vision["image_size"], patch_size=vision["patch_size"],
+                           hidden_size=vision["width"], intermediate_size=4 * vision["width"],
+                           num_hidden_layers=vision["layers"], num_attention_heads=vision["width"] // 64, **tower),
+        projection_dim=OPENAI_LIKE["embed_dim"])
+    generator = torch.Generator().manual_seed(seed)
+    model = clipfast.CLIPModel(config)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+    state = hf_to_openai(model.state_dict())
+    length = text["context_length"]
+    state["attn_mask"] = torch.full((length, length), float("-inf")).triu(1)
+    return state
+
+
+def save_module_archive(state_dict: dict[str, torch.Tensor], path: Path) -> Path:
+    """A TorchScript archive whose module tree holds ``state_dict`` (as OpenAI's archives hold their weights),
+    scripted from plain modules: what the reader sees of an OpenAI file, without open_clip."""
+    root = torch.nn.Module()
+    for key, tensor in state_dict.items():
+        *path_parts, leaf = key.split(".")
+        module = root
+        for part in path_parts:
+            if not hasattr(module, part):
+                module.add_module(part, torch.nn.Module())
+            module = getattr(module, part)
+        if tensor.is_floating_point() and leaf != "attn_mask":
+            module.register_parameter(leaf, torch.nn.Parameter(tensor.clone(), requires_grad=False))
+        else:
+            module.register_buffer(leaf, tensor.clone())
+    with warnings.catch_warnings():  # TorchScript's deprecation notes
+        warnings.simplefilter("ignore")
+        torch.jit.script(root).save(str(path))
+    return path
