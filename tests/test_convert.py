@@ -612,6 +612,14 @@ def test_every_loader_asks_the_one_decision_once(tmp_path, monkeypatch):
         assert not hasattr(module, "is_foreign") and not hasattr(module, "source_kind"), module
 
 
+
+def test_the_decision_and_processors_load_without_torch():
+    """formats' source decision and config readers serve the processor and tokenizer layers: importing them (and
+    the Auto classes) loads no torch, as before the readers moved out of convert."""
+    code = "import sys, clipfast.formats, clipfast.processing, clipfast.auto; print('torch' in sys.modules)"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == "False", run.stderr
+
 # ---------------------------------------------------------------------------------------------------------------
 # safety: nothing in a file runs
 

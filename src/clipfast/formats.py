@@ -29,16 +29,19 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from clipfast import hub
 from clipfast.configuration import CLIPConfig
 from clipfast.constants import (CONFIG_NAME, IMAGE_PROCESSOR_NAME, OPEN_CLIP_CONFIG, OPEN_CLIP_HUB_PREFIX,
                                 OPEN_CLIP_WEIGHTS, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
 from clipfast.errors import CheckpointError
-from clipfast.torchscript import is_torchscript, read_torchscript
+
+if TYPE_CHECKING:
+    import torch
+
+# torch (and clipfast.torchscript, which needs it) is imported by the functions that handle tensors, as hub.py
+# does: the source decision and the config readers serve the processor and tokenizer layers, which load no torch
 
 # the from_pretrained options that say where files come from (what read_checkpoint and source_kind take)
 HUB_KWARGS = ("subfolder", "revision", "cache_dir", "local_files_only", "token")
@@ -163,6 +166,8 @@ def openai_to_hf(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 
 def _normalize_keys(state_dict: dict[str, Any]) -> dict[str, torch.Tensor]:
     """Drop non-weight entries, strip DDP's ``module.`` prefix and CustomTextCLIP's ``text.`` prefix."""
+    import torch
+
     sd = {k: v for k, v in state_dict.items() if isinstance(v, torch.Tensor) and not _NOT_WEIGHTS.search(k)}
     if sd and all(k.startswith("module.") for k in sd):
         sd = {k.removeprefix("module."): v for k, v in sd.items()}
@@ -213,6 +218,8 @@ def _split_packed(key: str, tensor: torch.Tensor) -> dict[str, torch.Tensor] | N
 
 def hf_to_openai(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Our keys -> OpenAI / open_clip keys (q/k/v packed back, projections transposed)."""
+    import torch
+
     text_layers = _layer_count(state_dict, "text_model.encoder.layers.")
     vision_layers = _layer_count(state_dict, "vision_model.encoder.layers.")
     names = _key_map(text_layers, vision_layers)
@@ -592,6 +599,8 @@ def read_checkpoint(name_or_path: str | os.PathLike, open_clip_config: dict[str,
 
 def _read_file(path: str, open_clip_config: dict[str, Any] | str | os.PathLike | None) -> Checkpoint:
     """One weights file: TorchScript archive, torch pickle (weights only) or safetensors."""
+    from clipfast.torchscript import is_torchscript, read_torchscript
+
     torchscript = is_torchscript(path)
     state_dict = read_torchscript(path) if torchscript else hub.load_weights([path])
     if any(k.startswith(("text_model.", "vision_model.")) for k in state_dict):
@@ -631,6 +640,8 @@ def _from_openai(state_dict: dict[str, torch.Tensor], fmt: str, source: str) -> 
 def stored_dtype(state_dict: dict[str, torch.Tensor]) -> torch.dtype:
     """The floating dtype holding most of a checkpoint's values (OpenAI files keep a few tensors in float32 beside
     float16 weights): what ``torch_dtype="auto"`` loads in."""
+    import torch
+
     counts: dict[torch.dtype, int] = {}
     for tensor in state_dict.values():
         if tensor.is_floating_point():
