@@ -460,6 +460,10 @@ def open_clip_preprocess(processor: dict[str, Any], image_size: int = 224) -> di
             "std": list(processor.get("image_std", OPENAI_CLIP_STD)), "interpolation": resample, "resize_mode": mode}
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# our config as open_clip's model config (for writing open_clip folders)
+
+
 def open_clip_model_config(config: CLIPConfig) -> dict[str, Any]:
     """open_clip's model config (``embed_dim``, ``quick_gelu``, ``vision_cfg``, ``text_cfg``) for a CLIPConfig."""
     text, vision = config.text_config, config.vision_config
