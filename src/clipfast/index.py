@@ -22,9 +22,10 @@ from __future__ import annotations
 import json
 import os
 import struct
-from dataclasses import dataclass
+import sys
+import zlib
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -219,34 +220,719 @@ def _lock(path: Path) -> Any:
     return handle
 
 
-@dataclass
-class Index:
-    """A read-only index: ``ids[i]`` is the id of ``vectors[i]`` (a memory map; nothing is loaded up front)."""
+# ---------------------------------------------------------------------------------------------------------------
+# reading a collection, in either layout: vectors shard by shard (never all at once) or by position
 
-    ids: list[str]
-    vectors: np.ndarray
+
+class _Store:
+    """The vectors of one embedding column, the ids and metadata of their rows.
+
+    A *position* counts the rows that have a vector (what FAISS labels); a *row* counts every row of the dataset
+    (the two differ where the Parquet layout holds a null embedding for an image that failed).
+    """
+
+    dim: int
     meta: dict[str, Any]
+    column: str | None
 
-    def search(self, query: np.ndarray, k: int = 10) -> list[tuple[str, float]]:
-        """The ``k`` ids most similar to ``query`` (cosine), best first."""
-        return [(self.ids[row], score) for row, score in top_k(self.vectors, query, k)]
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def blocks(self, size: int = 1 << 16) -> Iterator[tuple[int, np.ndarray]]:
+        """(first position, float32 (rows, dim)) shards, in position order."""
+        raise NotImplementedError
+
+    def take(self, positions: np.ndarray) -> np.ndarray:
+        """Float32 (len(positions), dim): the vectors at ``positions``, in that order."""
+        raise NotImplementedError
+
+    def rows(self, positions: np.ndarray) -> np.ndarray:
+        """Dataset rows of positions."""
+        return np.asarray(positions, dtype=np.int64)
+
+    def record(self, row: int) -> dict[str, Any]:
+        """``{"id": ..., **metadata}`` of a dataset row."""
+        raise NotImplementedError
+
+    def row_of(self, item_id: str) -> int | None:
+        """The dataset row of ``item_id`` when it has a vector in this column, else None."""
+        raise NotImplementedError
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What changes when the collection changes (an index built before is then stale)."""
+        raise NotImplementedError
 
 
-def open_index(folder: str | os.PathLike) -> Index:
-    """Open what ``clipfast embed`` wrote; rows not yet committed by an id line (a run in progress) are left out."""
-    meta = read_meta(folder)
-    ids, _ = _complete_ids(Path(folder) / IDS)
-    path = Path(folder) / VECTORS
-    if not ids and _no_header(path):
-        return Index(ids, np.zeros((0, int(meta["dim"])), dtype=np.float32), meta)  # nothing stored yet
+class _NpyStore(_Store):
+    """``meta.json`` + ``embeddings.npy`` (memory-mapped) + ``ids.jsonl``: positions and rows are the same."""
+
+    def __init__(self, folder: Path) -> None:
+        self.meta, self.column = read_meta(folder), None
+        self.dim = int(self.meta["dim"])
+        self.ids, _ = _complete_ids(folder / IDS)
+        path = folder / VECTORS
+        if not self.ids and _no_header(path):
+            self.vectors = np.zeros((0, self.dim), dtype=np.float32)  # nothing stored yet
+            return
+        try:
+            vectors = np.load(path, mmap_mode="r")
+        except (OSError, ValueError, EOFError) as exc:
+            raise InputError(f"{str(folder)!r} is damaged: cannot read {VECTORS} ({exc}). Run embed again to "
+                             "resume, or remove the folder.") from None
+        if vectors.ndim != 2 or vectors.shape[0] < len(self.ids):
+            raise InputError(f"{str(folder)!r} is damaged: {len(self.ids)} ids but vectors of shape {vectors.shape}.")
+        self.vectors = vectors[:len(self.ids)]
+        self._by_id: dict[str, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def blocks(self, size: int = 1 << 16) -> Iterator[tuple[int, np.ndarray]]:
+        for start in range(0, len(self.ids), size):
+            yield start, np.asarray(self.vectors[start:start + size], dtype=np.float32)
+
+    def take(self, positions: np.ndarray) -> np.ndarray:
+        unique, inverse = np.unique(np.asarray(positions, dtype=np.int64), return_inverse=True)
+        return np.asarray(self.vectors[unique], dtype=np.float32)[inverse]  # sorted reads from the memory map
+
+    def record(self, row: int) -> dict[str, Any]:
+        return {"id": self.ids[row]}
+
+    def row_of(self, item_id: str) -> int | None:
+        if getattr(self, "_by_id", None) is None:
+            self._by_id = {item: row for row, item in enumerate(self.ids)}
+        return self._by_id.get(item_id)
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"rows": len(self.ids)}
+
+
+class _ParquetStore(_Store):
+    """``part-*.parquet`` + ``_clipfast.json`` (bulk embedding's layout), one embedding column of it.
+
+    Shards are read one record batch at a time; ``take`` reads the whole column into memory once (n·dim·4 bytes),
+    which searching needs anyway to re-score candidates with the stored vectors.
+    """
+
+    def __init__(self, folder: Path, column: str | None) -> None:
+        import pyarrow.parquet as pq
+
+        self.meta = _parquet_meta(folder)
+        columns = list(self.meta.get("columns") or [])
+        if column is None:
+            column = DEFAULT_COLUMN if DEFAULT_COLUMN in columns or not columns else columns[0]
+        if columns and column not in columns:
+            raise InputError(f"column={column!r} is not an embedding column of {str(folder)!r}; it has {columns}.")
+        self.column, self.dim = column, int(self.meta["dim"])
+        self.files = sorted(folder.glob(PARQUET_PARTS))
+        self._embedding_columns = set(columns) | {column}
+        counts, valid = [], []
+        for path in self.files:
+            try:
+                handle = pq.ParquetFile(path)
+            except Exception as exc:  # pyarrow raises several types for a damaged file
+                raise InputError(f"Cannot read {str(path)!r}: {exc}.") from None
+            if column not in handle.schema_arrow.names:
+                raise InputError(f"{str(path)!r} has no column {column!r}; it has {handle.schema_arrow.names}.")
+            counts.append(handle.metadata.num_rows)
+            valid.append(None if _no_nulls(handle, column) else _valid_mask(handle, column))
+        self._starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+        masks = [np.ones(c, bool) if v is None else v for c, v in zip(counts, valid)]
+        self._rows = np.flatnonzero(np.concatenate(masks)) if masks else np.zeros(0, np.int64)
+        self._vectors: np.ndarray | None = None
+        self._tables: dict[int, Any] = {}
+        self._by_id: dict[str, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def blocks(self, size: int = 1 << 16) -> Iterator[tuple[int, np.ndarray]]:
+        import pyarrow.parquet as pq
+
+        if self._vectors is not None:
+            for start in range(0, len(self), size):
+                yield start, self._vectors[start:start + size]
+            return
+        position = 0
+        for path in self.files:
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=size, columns=[self.column]):
+                block = _fixed_vectors(batch.column(0), self.dim, path)
+                yield position, block
+                position += len(block)
+
+    @property
+    def vectors(self) -> np.ndarray:
+        if self._vectors is None:
+            blocks = [block for _, block in self.blocks()]
+            self._vectors = np.concatenate(blocks) if blocks else np.zeros((0, self.dim), np.float32)
+        return self._vectors
+
+    def take(self, positions: np.ndarray) -> np.ndarray:
+        return self.vectors[np.asarray(positions, dtype=np.int64)]
+
+    def rows(self, positions: np.ndarray) -> np.ndarray:
+        return self._rows[np.asarray(positions, dtype=np.int64)]
+
+    @property
+    def ids(self) -> list[str]:
+        return [self.record(int(row))["id"] for row in self._rows]
+
+    def record(self, row: int) -> dict[str, Any]:
+        import pyarrow.parquet as pq
+
+        if not 0 <= row < self._starts[-1]:
+            raise InputError(f"row {row} is out of range: the collection has {int(self._starts[-1])} rows.")
+        part = int(np.searchsorted(self._starts, row, side="right")) - 1
+        if part not in self._tables:
+            names = pq.ParquetFile(self.files[part]).schema_arrow.names
+            keep = [name for name in names if name not in self._embedding_columns and name not in _EMBEDDING_NAMES]
+            self._tables[part] = pq.read_table(self.files[part], columns=keep)
+        values = self._tables[part].slice(row - int(self._starts[part]), 1).to_pylist()[0]
+        return {"id": str(values.pop("id", row)), **values}
+
+    def row_of(self, item_id: str) -> int | None:
+        if self._by_id is None:
+            self._by_id = {self.record(int(row))["id"]: int(row) for row in self._rows}
+        return self._by_id.get(item_id)
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"rows": len(self), "files": [[p.name, p.stat().st_size] for p in self.files]}
+
+
+PARQUET_META = "_clipfast.json"
+PARQUET_PARTS = "part-*.parquet"
+DEFAULT_COLUMN = "image_embedding"
+_EMBEDDING_NAMES = {"image_embedding", "text_embedding"}
+
+
+def _parquet_meta(folder: Path) -> dict[str, Any]:
+    path = folder / PARQUET_META
     try:
-        vectors = np.load(path, mmap_mode="r")
-    except (OSError, ValueError, EOFError) as exc:
-        raise InputError(f"{os.fspath(folder)!r} is damaged: cannot read {VECTORS} ({exc}). Run embed again to "
-                         "resume, or remove the folder.") from None
-    if vectors.ndim != 2 or vectors.shape[0] < len(ids):
-        raise InputError(f"{os.fspath(folder)!r} is damaged: {len(ids)} ids but vectors of shape {vectors.shape}.")
-    return Index(ids, vectors[:len(ids)], meta)
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"Cannot read {str(path)!r}: {exc}.") from None
+    if not isinstance(meta, dict) or "dim" not in meta:
+        raise InputError(f"{str(path)!r} is not bulk embedding's {PARQUET_META} (it lacks 'dim').")
+    return meta
+
+
+def _no_nulls(handle: Any, column: str) -> bool:
+    """Whether every row group's statistics say the column has no nulls (then no data is read to know it)."""
+    meta = handle.metadata
+    for group in range(meta.num_row_groups):
+        chunk = meta.row_group(group)
+        for i in range(chunk.num_columns):
+            col = chunk.column(i)
+            if col.path_in_schema.split(".")[0] == column:
+                stats = col.statistics
+                if stats is None or not stats.has_null_count or stats.null_count:
+                    return False
+    return True
+
+
+def _valid_mask(handle: Any, column: str) -> np.ndarray:
+    """Rows whose embedding is not null, reading the column one batch at a time."""
+    masks = [np.asarray(batch.column(0).is_valid()) for batch in handle.iter_batches(columns=[column])]
+    return np.concatenate(masks) if masks else np.zeros(0, bool)
+
+
+def _fixed_vectors(array: Any, dim: int, path: Path) -> np.ndarray:
+    """Float32 (valid rows, dim) from a fixed_size_list<float32>[dim] column chunk, leaving null rows out."""
+    import pyarrow as pa
+
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    if not pa.types.is_fixed_size_list(array.type) or array.type.list_size != dim:
+        raise InputError(f"{str(path)!r}: the embedding column is {array.type}, not fixed_size_list<float>[{dim}].")
+    values = array.values.slice(array.offset * dim, len(array) * dim)
+    vectors = values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(len(array), dim)
+    return vectors if array.null_count == 0 else vectors[np.asarray(array.is_valid())]
+
+
+def _open_store(folder: Path, column: str | None) -> _Store:
+    """The store of either layout; a clear error when ``folder`` is neither."""
+    if (folder / META).is_file():
+        if column not in (None, "embedding", "embeddings"):
+            raise InputError(f"column={column!r}: {str(folder)!r} (embeddings.npy) has one embedding column; "
+                             "leave --column out.")
+        return _NpyStore(folder)
+    if (folder / PARQUET_META).is_file() or any(folder.glob(PARQUET_PARTS)):
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise InputError(f"{str(folder)!r} is a Parquet dataset; reading it needs pyarrow: "
+                             "`pip install pyarrow`.") from None
+        return _ParquetStore(folder, column)
+    return _NpyStore(folder)  # read_meta raises "not a clipfast index"
+
+
+def embedding_columns(folder: str | os.PathLike) -> list[str | None]:
+    """The embedding columns of a collection: ``[None]`` for embeddings.npy, the Parquet layout's column names."""
+    folder = Path(folder)
+    if (folder / META).is_file():
+        return [None]
+    if (folder / PARQUET_META).is_file():
+        return list(_parquet_meta(folder).get("columns") or [DEFAULT_COLUMN])
+    read_meta(folder)  # the usual "not a clipfast index" error
+    return [None]  # pragma: no cover
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# exact search and re-scoring
+
+
+def _check_queries(queries: Any, dim: int) -> tuple[np.ndarray, bool]:
+    """(float32 (n, dim) unit queries, whether one 1-D query was given); wrong shapes are clear errors."""
+    array = np.asarray(queries, dtype=np.float32)
+    single = array.ndim == 1
+    if single:
+        array = array[None, :]
+    if array.ndim != 2:
+        raise InputError(f"queries must be a 1-D vector or a 2-D array (n, dim), got shape {array.shape}.")
+    if array.shape[1] != dim:
+        raise InputError(f"The query has {array.shape[1]} dimensions but the index has {dim}: embed the query with "
+                         "the model the collection was embedded with.")
+    norms = np.linalg.norm(array, axis=1, keepdims=True)
+    if not np.all(np.isfinite(norms)) or np.any(norms == 0):
+        raise InputError("A query is zero or not finite; cosine similarity needs a non-zero, finite vector.")
+    return array / norms, single
+
+
+def _check_k(k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise InputError(f"k must be a positive integer, got {k!r}.")
+    return int(k)
+
+
+def _sorted(positions: np.ndarray, scores: np.ndarray, k: int) -> list[tuple[int, float]]:
+    """Best ``k`` of one query's (position, score) pairs: by score, ties by position."""
+    order = np.lexsort((positions, -scores))[:k]
+    return [(int(positions[i]), float(scores[i])) for i in order]
+
+
+def _exact(store: _Store, queries: np.ndarray, k: int, exclude: np.ndarray | None = None
+           ) -> list[list[tuple[int, float]]]:
+    """Exact top-``k`` positions per query, scanning the store shard by shard; ``exclude[i]`` is never returned."""
+    count = len(queries)
+    best_pos = np.zeros((count, 0), dtype=np.int64)
+    best = np.zeros((count, 0), dtype=np.float32)
+    block = max(1024, min(1 << 16, (1 << 24) // max(1, count)))  # bounds the (queries, block) score matrix
+    for start, vectors in store.blocks(block):
+        scores = queries @ vectors.T  # (queries, block)
+        if exclude is not None:
+            inside = (exclude >= start) & (exclude < start + len(vectors))
+            scores[np.flatnonzero(inside), exclude[inside] - start] = -np.inf
+        positions = np.broadcast_to(np.arange(start, start + len(vectors)), scores.shape)
+        best_pos, best = np.concatenate([best_pos, positions], 1), np.concatenate([best, scores], 1)
+        if best.shape[1] > k:
+            keep = np.argpartition(-best, k - 1, axis=1)[:, :k]
+            best_pos, best = np.take_along_axis(best_pos, keep, 1), np.take_along_axis(best, keep, 1)
+    results = []
+    for pos, scores in zip(best_pos, best):
+        finite = np.isfinite(scores)
+        results.append(_sorted(pos[finite], scores[finite], k))
+    return results
+
+
+def _rescore(store: _Store, queries: np.ndarray, labels: np.ndarray, k: int, where: str,
+             exclude: np.ndarray | None = None) -> list[list[tuple[int, float]]]:
+    """Exact cosines of each query's candidate positions (-1 = none), best ``k`` first."""
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.size and (labels.max() >= len(store) or labels.min() < -1):
+        raise InputError(f"{where} returned rows outside the collection ({len(store)} rows): the index file is "
+                         "damaged or belongs to another collection. Rebuild it with `clipfast index`.")
+    unique = np.unique(labels[labels >= 0])
+    vectors = store.take(unique)
+    results = []
+    for i, row in enumerate(labels):
+        row = np.unique(row[row >= 0])
+        if exclude is not None:
+            row = row[row != exclude[i]]
+        scores = vectors[np.searchsorted(unique, row)] @ queries[i]
+        results.append(_sorted(row, scores, k))
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the index: search API over either layout, with or without FAISS
+
+ANN_META = "index.json"
+ANN_FORMAT = "clipfast-ann"
+
+
+def _ann_file(column: str | None, columns: list[str | None]) -> str:
+    """``index.faiss`` for a collection with one embedding column, ``index.<column>.faiss`` with several."""
+    return "index.faiss" if len(columns) <= 1 or column is None else f"index.{column}.faiss"
+
+
+def _key(column: str | None) -> str:
+    return column or "embedding"
+
+
+class Index:
+    """An embedding collection opened for search (see :func:`open_index`)."""
+
+    def __init__(self, folder: Path, store: _Store, ann_index: Any = None, record: dict[str, Any] | None = None,
+                 problem: str | None = None) -> None:
+        self.folder, self._store, self._ann, self.ann = folder, store, ann_index, record
+        self._problem = problem  # why the FAISS index cannot be used (faiss missing), raised when it is needed
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self._store.meta
+
+    @property
+    def dim(self) -> int:
+        return self._store.dim
+
+    @property
+    def column(self) -> str | None:
+        return self._store.column
+
+    @property
+    def kind(self) -> str:
+        """The FAISS index kind used by ``search`` (flat, hnsw, ivf, ivfpq), or ``exact`` without one."""
+        return self.ann["kind"] if self.ann else "exact"
+
+    @property
+    def ids(self) -> list[str]:
+        return self._store.ids
+
+    @property
+    def vectors(self) -> np.ndarray:
+        return self._store.vectors if isinstance(self._store, _ParquetStore) else self._store.vectors
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def _positions(self, queries: np.ndarray, k: int, exact: bool) -> list[list[tuple[int, float]]]:
+        if len(self._store) == 0:
+            return [[] for _ in queries]
+        if exact or self.ann is None:
+            return _exact(self._store, queries, k)
+        if self._problem:
+            raise InputError(self._problem)
+        from clipfast import ann
+
+        labels = ann.candidates(self._ann, queries, k * int(self.ann["search"].get("rerank", 1)))
+        return _rescore(self._store, queries, labels, k, where=str(self.folder / self.ann["file"]))
+
+    def search(self, queries: Any, k: int = 10, exact: bool = False) -> Any:
+        """The ``k`` ids most similar to each query, best first, as (id, exact cosine) pairs.
+
+        ``queries`` is one 1-D vector (one list back) or a 2-D array (one list per row). Uses the FAISS index
+        when the folder has one, unless ``exact``.
+        """
+        k = _check_k(k)
+        array, single = _check_queries(queries, self.dim)
+        results = []
+        for hits in self._positions(array, k, exact):
+            rows = self._store.rows(np.array([p for p, _ in hits], dtype=np.int64))
+            results.append([(self._id(int(row)), score) for row, (_, score) in zip(rows, hits)])
+        return results[0] if single else results
+
+    def search_records(self, query: Any, k: int = 10, exact: bool = False) -> list[dict[str, Any]]:
+        """Like :meth:`search` for one 1-D query, as dicts ``{"id", "score", "row", **metadata}``."""
+        array, single = _check_queries(query, self.dim)
+        if not single:
+            raise InputError(f"search_records takes one 1-D query, got shape {np.shape(query)}; use search().")
+        hits = self._positions(array, _check_k(k), exact)[0]
+        rows = self._store.rows(np.array([p for p, _ in hits], dtype=np.int64))
+        return [{**self.record(int(row)), "score": score, "row": int(row)} for row, (_, score) in zip(rows, hits)]
+
+    def _id(self, row: int) -> str:
+        return self._store.ids[row] if isinstance(self._store, _NpyStore) else self._store.record(row)["id"]
+
+    def row_of(self, item_id: str) -> int | None:
+        """The row of ``item_id`` when it is searchable (has a vector in this column), else None."""
+        return self._store.row_of(item_id)
+
+    def record(self, row: int) -> dict[str, Any]:
+        """``{"id": ..., **passed-through metadata}`` of a row."""
+        if isinstance(self._store, _NpyStore) and not 0 <= row < len(self._store):
+            raise InputError(f"row {row} is out of range: the collection has {len(self._store)} rows.")
+        return self._store.record(int(row))
+
+
+def open_index(folder: str | os.PathLike, mmap: bool = False, column: str | None = None) -> Index:
+    """Open a collection for search: embeddings.npy + ids.jsonl, or bulk embedding's Parquet dataset.
+
+    When ``clipfast index`` built a FAISS index for the column, ``search`` uses it (``mmap=True`` maps its file
+    instead of reading it: IVF lists are read from disk as they are probed). ``column`` picks the Parquet layout's
+    embedding column (default ``image_embedding``). Rows not yet committed by a running embed are left out.
+    """
+    folder = Path(folder)
+    store = _open_store(folder, column)
+    record = _ann_record(folder, store)
+    if record is None:
+        return Index(folder, store)
+    try:
+        from clipfast import ann
+
+        ann.require_faiss()
+    except InputError as exc:
+        return Index(folder, store, None, record, problem=f"{str(folder)!r} has a FAISS index ({record['file']}) "
+                     f"but: {exc}")
+    return Index(folder, store, _load_ann(folder, store, record, mmap), record)
+
+
+def _read_ann_json(path: Path) -> dict[str, Any] | None:
+    """index.json (or its temporary twin): None when absent or unreadable."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("format") == ANN_FORMAT else None
+
+
+def _matches(folder: Path, record: dict[str, Any], full: bool) -> bool:
+    """Whether the index file is the one ``record`` describes (size, and its CRC-32 when ``full``)."""
+    path = folder / str(record.get("file", ""))
+    try:
+        if path.stat().st_size != record.get("file_bytes"):
+            return False
+        return not full or _crc32(path) == record.get("crc32")
+    except OSError:
+        return False
+
+
+def _ann_record(folder: Path, store: _Store) -> dict[str, Any] | None:
+    """The index.json entry of this store's column, None when no index was built for it."""
+    path = folder / ANN_META
+    data = _read_ann_json(path)
+    files = sorted(p.name for p in folder.glob("index*.faiss"))
+    if data is None:
+        if path.exists() or files:
+            raise InputError(f"{str(folder)!r} holds {files or 'no index file'} but {ANN_META} is missing or "
+                             "damaged: rebuild with `clipfast index`, or search with --exact.")
+        return None
+    record = data.get("indexes", {}).get(_key(store.column))
+    if record is None:
+        return None
+    if not _matches(folder, record, full=False):
+        # killed between renaming the new index file and renaming index.json: the new record is in the temp file
+        pending = (_read_ann_json(folder / (ANN_META + ".tmp")) or {}).get("indexes", {}).get(_key(store.column))
+        if pending is not None and _matches(folder, pending, full=False):
+            record = pending
+    built, now = record.get("collection", {}), store.fingerprint()
+    if built != now:
+        raise InputError(f"{str(folder / str(record.get('file')))!r} was built for {built.get('rows')} rows but the "
+                         f"collection now has {now.get('rows')} (or other files): rebuild it with `clipfast index "
+                         f"{folder}`, or search with --exact.")
+    return record
+
+
+def _load_ann(folder: Path, store: _Store, record: dict[str, Any], mmap: bool) -> Any:
+    """Read the FAISS index, checking it is the file index.json describes; damage is a clear error."""
+    from clipfast import ann
+
+    path = folder / str(record["file"])
+    damaged = (f"{str(path)!r} is damaged or truncated (it does not match {ANN_META}): rebuild it with "
+               f"`clipfast index {folder}`, or search with --exact.")
+    if not path.is_file():
+        raise InputError(f"{str(path)!r} named by {ANN_META} is missing: rebuild it with `clipfast index {folder}`,"
+                         " or search with --exact.")
+    # memory-mapped opening must not read the whole file: the size and the first MiB are checked instead
+    if not _matches(folder, record, full=not mmap) or (mmap and _crc32(path, 1 << 20) != record.get("head_crc32")):
+        raise InputError(damaged)
+    try:
+        index = ann.read(path, mmap=mmap)
+    except (RuntimeError, MemoryError, ValueError):
+        raise InputError(damaged) from None
+    if int(index.ntotal) != len(store) or int(index.d) != store.dim:
+        raise InputError(f"{str(path)!r} holds {index.ntotal} vectors of dim {index.d}, the collection "
+                         f"{len(store)} of dim {store.dim}: rebuild it with `clipfast index {folder}`.")
+    ann.set_params(index, record["kind"], record.get("search", {}))
+    return index
+
+
+def _crc32(path: Path, limit: int | None = None) -> int:
+    """CRC-32 of a file (or of its first ``limit`` bytes), read in 4 MiB pieces."""
+    crc, left = 0, limit if limit is not None else -1
+    with open(path, "rb") as handle:
+        while left:
+            piece = handle.read(1 << 22 if left < 0 else min(1 << 22, left))
+            if not piece:
+                break
+            crc = zlib.crc32(piece, crc)
+            left = left - len(piece) if left > 0 else left
+    return crc
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# building
+
+
+def build(folder: str | os.PathLike, memory: str | int = "4GB", kind: str = "auto", recall: float = 0.95,
+          column: str | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Build the FAISS index of each embedding column (or of ``column``) and write ``index.json``; returns it.
+
+    ``memory`` bounds the index files (``"4GB"``; MB and GB mean MiB and GiB), shared between columns by rows.
+    The index is chosen by :func:`clipfast.ann.choose`, trained on a sample, filled shard by shard, then its
+    search parameters are tuned on held-out vectors until recall@10 against exact search reaches ``recall``.
+    Files are written under temporary names and renamed at the end: an interrupted build leaves the previous
+    index intact, and its leftovers are removed by the next build.
+    """
+    from clipfast import ann
+
+    folder = Path(folder)
+    budget = ann.parse_memory(memory)
+    if isinstance(recall, bool) or not isinstance(recall, (int, float)) or not 0 < recall <= 1:
+        raise InputError(f"recall={recall!r} must be a number in (0, 1], e.g. 0.95.")
+    ann.require_faiss()
+    columns = embedding_columns(folder)
+    if column is not None and column not in columns:
+        raise InputError(f"column={column!r} is not an embedding column of {str(folder)!r}; it has {columns}.")
+    stores = [_open_store(folder, col) for col in ([column] if column is not None else columns)]
+    total = sum(len(store) for store in stores)
+    if total == 0:
+        raise InputError(f"{str(folder)!r} holds no embeddings: there is nothing to index. Embed something first.")
+    _finish_or_clean(folder)
+    old = _read_ann_json(folder / ANN_META) or {}
+    data = {"format": ANN_FORMAT, "version": 1, "indexes": dict(old.get("indexes", {}))}
+    for store in stores:
+        share = max(1, budget * len(store) // total) if len(stores) > 1 else budget
+        name = _ann_file(store.column, columns)
+        data["indexes"][_key(store.column)] = _build_one(folder, store, name, share, kind, float(recall), log)
+    _commit(folder, data)
+    return data
+
+
+def _build_one(folder: Path, store: _Store, name: str, budget: int, kind: str, recall: float,
+               log: Callable[[str], None] | None) -> dict[str, Any]:
+    """Build, tune and write one index under ``name + '.tmp'``; returns its index.json record."""
+    import time
+
+    from clipfast import ann
+
+    say = log or (lambda message: None)
+    rows = len(store)
+    if rows == 0:
+        raise InputError(f"Column {store.column!r} of {str(folder)!r} holds no embeddings: nothing to index.")
+    plan = ann.choose(rows, store.dim, budget, kind)
+    label = f"{store.column}: " if store.column else ""
+    say(f"{label}{plan.factory} for {rows} vectors of dim {store.dim} (about {ann.human(plan.estimated_bytes)}, "
+        f"budget {ann.human(budget)})")
+    start = time.perf_counter()
+    rng = np.random.default_rng(0)
+    index = ann.new_index(plan)
+    trained = np.zeros(0, dtype=np.int64)
+    if plan.train_rows:
+        trained = np.sort(rng.choice(rows, plan.train_rows, replace=False))
+        say(f"{label}training on {len(trained)} vectors")
+        ann.train(index, store.take(trained))
+    train_s = time.perf_counter() - start
+    for first, block in store.blocks():
+        ann.add(index, block)
+        say(f"{label}added {first + len(block)}/{rows}")
+    add_s = time.perf_counter() - start - train_s
+    say(f"{label}tuning search parameters for recall@10 >= {recall}")
+    tuning, chosen, queries = _tune(store, index, plan, trained, recall, rng)
+    tune_s = time.perf_counter() - start - train_s - add_s
+    tmp = folder / (name + ".tmp")
+    ann.write(index, tmp)
+    with open(tmp, "rb+") as handle:
+        os.fsync(handle.fileno())
+    return {"file": name, "column": store.column, "kind": plan.kind, "factory": plan.factory, "rows": rows,
+            "dim": store.dim, "params": {"nlist": plan.nlist, "m": plan.m, "nbits": plan.nbits,
+                                         "train_rows": len(trained)},
+            "search": chosen["search"], "recall_target": recall, "recall@1": chosen["recall@1"],
+            "recall@10": chosen["recall@10"], "recall_reached": chosen["recall@10"] >= recall,
+            "recall_queries": queries, "tuning": tuning,
+            "build_seconds": {"train": round(train_s, 3), "add": round(add_s, 3), "tune": round(tune_s, 3),
+                              "total": round(time.perf_counter() - start, 3)},
+            "memory": {"budget_bytes": budget, "estimated_bytes": plan.estimated_bytes,
+                       "index_bytes": tmp.stat().st_size, "peak_rss_bytes": _peak_rss()},
+            "file_bytes": tmp.stat().st_size, "crc32": _crc32(tmp), "head_crc32": _crc32(tmp, 1 << 20),
+            "collection": store.fingerprint(), "faiss": ann.describe(index)}
+
+
+def _tune(store: _Store, index: Any, plan: Any, trained: np.ndarray, recall: float, rng: np.random.Generator
+          ) -> tuple[list[dict[str, Any]], dict[str, Any], int]:
+    """Try search parameters cheapest first until recall@10 (vs exact, held-out vectors as queries) reaches
+    ``recall``; returns the table of tries, the chosen one and the number of queries.
+
+    Queries are stored vectors not used for training where possible; each query's own row is left out of both
+    the exact and the approximate results, so recall is that of its neighbours.
+    """
+    import time
+
+    from clipfast import ann
+
+    rows = len(store)
+    spare = np.setdiff1d(np.arange(rows), trained) if rows - len(trained) >= 100 else np.arange(rows)
+    chosen_rows = np.sort(rng.choice(spare, min(500, len(spare)), replace=False))
+    queries = store.take(chosen_rows)
+    k = min(10, rows - 1)
+    if k < 1:  # one vector: nothing to compare with
+        return [], {"search": {"rerank": 1}, "recall@1": 1.0, "recall@10": 1.0}, 0
+    truth = [[pos for pos, _ in hits] for hits in _exact(store, queries, k, exclude=chosen_rows)]
+    tuning: list[dict[str, Any]] = []
+
+    def evaluate(name: str, value: int, rerank: int) -> dict[str, Any]:
+        params = {name: value} if name else {}
+        ann.set_params(index, plan.kind, params)
+        began = time.perf_counter()
+        labels = ann.candidates(index, queries, k * rerank + 1)
+        hits = _rescore(store, queries, labels, k, where="the new index", exclude=chosen_rows)
+        seconds = time.perf_counter() - began
+        found = [[pos for pos, _ in row] for row in hits]
+        entry = {"search": {**params, "rerank": rerank},
+                 "recall@1": round(float(np.mean([f[:1] == t[:1] for f, t in zip(found, truth)])), 4),
+                 "recall@10": round(float(np.mean([len(set(f) & set(t)) / k for f, t in zip(found, truth)])), 4),
+                 "ms_per_query": round(1000 * seconds / len(queries), 4)}
+        tuning.append(entry)
+        return entry
+
+    best: dict[str, Any] | None = None
+    for name, values, reranks in ann.sweep(plan):
+        for value in values:
+            entry = evaluate(name, value, reranks[-1])
+            best = entry if best is None or entry["recall@10"] > best["recall@10"] else best
+            if entry["recall@10"] >= recall:
+                for rerank in reranks[:-1]:  # the fewest candidates that still reach the target
+                    smaller = evaluate(name, value, rerank)
+                    if smaller["recall@10"] >= recall:
+                        entry = smaller
+                        break
+                ann.set_params(index, plan.kind, entry["search"])
+                return tuning, entry, len(queries)
+    assert best is not None
+    ann.set_params(index, plan.kind, best["search"])
+    return tuning, best, len(queries)
+
+
+def _peak_rss() -> int | None:
+    """Peak resident memory of this process in bytes (None where the platform cannot tell)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak) if sys.platform == "darwin" else int(peak) * 1024  # macOS counts bytes, Linux KiB
+
+
+def _commit(folder: Path, data: dict[str, Any]) -> None:
+    """index.json.tmp, then each index file renamed into place, then index.json: the previous pair stays valid
+    until the last rename, and a kill after the index files are renamed is rolled forward by the reader."""
+    tmp = folder / (ANN_META + ".tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(json.dumps(data, indent=2).encode("utf-8"))
+        _fsync(handle)
+    for record in data["indexes"].values():
+        staged = folder / (record["file"] + ".tmp")
+        if staged.exists():
+            os.replace(staged, folder / record["file"])
+    os.replace(tmp, folder / ANN_META)
+
+
+def _finish_or_clean(folder: Path) -> None:
+    """Before a build: roll a half-committed build forward, then delete what interrupted builds left."""
+    pending = _read_ann_json(folder / (ANN_META + ".tmp"))
+    if pending and all(_matches(folder, r, full=True) for r in pending.get("indexes", {}).values()):
+        os.replace(folder / (ANN_META + ".tmp"), folder / ANN_META)
+    for leftover in [*folder.glob("index*.faiss.tmp"), folder / (ANN_META + ".tmp")]:
+        leftover.unlink(missing_ok=True)
 
 
 def top_k(vectors: np.ndarray, query: np.ndarray, k: int, block: int = 1 << 16) -> list[tuple[int, float]]:
