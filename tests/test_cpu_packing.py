@@ -9,12 +9,12 @@ import pytest
 import torch
 
 import clipfast
-from clipfast import modeling
+from clipfast import kernels, modeling
 from clipfast.optimize import cpu_bf16_matmuls, quantize_int8
 from helpers.configs import tiny_config_dict
 from helpers.process_state import torch_settings
 
-pytestmark = pytest.mark.skipif(not modeling.mkl_packing_available(), reason="this PyTorch build has no MKL packing")
+pytestmark = pytest.mark.skipif(not kernels.mkl_packing_available(), reason="this PyTorch build has no MKL packing")
 
 
 def _model(**overrides) -> clipfast.CLIPModel:
@@ -22,7 +22,7 @@ def _model(**overrides) -> clipfast.CLIPModel:
 
 
 def _has_packs(module: torch.nn.Module) -> bool:
-    return modeling._PACKS.get(module, (None, None))[1] is not None
+    return kernels._PACKS.get(module, (None, None))[1] is not None
 
 
 def _packed_modules(model: torch.nn.Module) -> int:
@@ -164,7 +164,7 @@ def test_weights_made_under_inference_mode(text_inputs, pixel_values):
 
 
 def test_without_mkl_the_plain_path_runs(text_inputs, pixel_values, monkeypatch):
-    monkeypatch.setattr(modeling, "mkl_packing_available", lambda: False)
+    monkeypatch.setattr(kernels, "mkl_packing_available", lambda: False)
     model = _model()
     with torch.no_grad():
         _outputs(model, text_inputs, pixel_values)
@@ -175,7 +175,7 @@ def test_without_mkl_the_plain_path_runs(text_inputs, pixel_values, monkeypatch)
 def test_packed_linear_any_row_count(rows):
     """One pack serves every row count (the packing hint is only a hint), 2-D and 3-D inputs alike."""
     linear = torch.nn.Linear(48, 40)
-    packed = modeling._PackedLinear([linear.weight], [linear.bias])
+    packed = kernels.PackedLinear([linear.weight], [linear.bias])
     x = torch.randn(rows, 48)
     with torch.no_grad():
         torch.testing.assert_close(packed(x), linear(x), atol=1e-5, rtol=1e-5)
@@ -199,7 +199,7 @@ def test_moving_the_model_drops_its_packs(text_inputs, pixel_values):
 @pytest.mark.parametrize("out_features,in_features", [(1, 1), (3, 5), (37, 13), (2304, 768), (5, 3072)])
 def test_packed_linear_odd_shapes(out_features, in_features):
     linear = torch.nn.Linear(in_features, out_features)
-    packed = modeling._PackedLinear([linear.weight], [linear.bias], scale=1.702, bias_scale=1.0)
+    packed = kernels.PackedLinear([linear.weight], [linear.bias], scale=1.702, bias_scale=1.0)
     x = torch.randn(9, in_features)
     with torch.no_grad():
         expected = x @ (linear.weight * 1.702).t() + linear.bias

@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import transformers
 
 import clipfast
+from helpers import reference
 from helpers.configs import tiny_config_dict
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -30,6 +30,7 @@ def _no_tf32():
 @pytest.fixture
 def saved(tmp_path):
     """A tiny random checkpoint written by transformers."""
+    transformers = reference("transformers")
     ref = transformers.CLIPModel(transformers.CLIPConfig(**tiny_config_dict(text={"eos_token_id": 98}))).eval()
     ref.save_pretrained(tmp_path)
     return tmp_path, ref
@@ -37,6 +38,7 @@ def saved(tmp_path):
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 def test_fp32_on_cuda_matches_transformers(saved, attn, text_inputs, pixel_values):
+    transformers = reference("transformers")
     path, _ = saved
     ref = transformers.CLIPModel.from_pretrained(path, attn_implementation=attn).cuda().eval()
     ours = clipfast.CLIPModel.from_pretrained(path, attn_implementation=attn, device_map="cuda").eval()
@@ -53,6 +55,7 @@ def test_fp32_on_cuda_matches_transformers(saved, attn, text_inputs, pixel_value
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_close_to_transformers(saved, dtype, text_inputs, pixel_values):
+    transformers = reference("transformers")
     path, _ = saved
     ref = transformers.CLIPModel.from_pretrained(path, torch_dtype=dtype, attn_implementation="sdpa").cuda().eval()
     ours = clipfast.CLIPModel.from_pretrained(path, torch_dtype=dtype, device_map="cuda").eval()

@@ -12,11 +12,11 @@ import time
 
 import pytest
 import torch
-import transformers
 from safetensors.torch import save_file
 
 import clipfast
 from clipfast.errors import CheckpointError, OfflineError
+from helpers import reference
 from helpers.configs import TINY_TEXT, tiny_config_dict
 from helpers.fake_hub import FakeHub
 
@@ -24,6 +24,7 @@ from helpers.fake_hub import FakeHub
 @pytest.fixture
 def ref_folder(tmp_path):
     """A tiny CLIPModel saved by transformers 4.57 (model.safetensors + config.json)."""
+    transformers = reference("transformers")
     model = transformers.CLIPModel(transformers.CLIPConfig(**tiny_config_dict(text={"eos_token_id": 98})))
     model.save_pretrained(tmp_path / "ref")
     return tmp_path / "ref"
@@ -39,6 +40,7 @@ def _logits(model, text_inputs, pixel_values):
 
 
 def test_config_defaults_and_round_trip(tmp_path):
+    transformers = reference("transformers")
     config = clipfast.CLIPConfig()
     ref = transformers.CLIPConfig()
     for sub, ref_sub in ((config.text_config, ref.text_config), (config.vision_config, ref.vision_config)):
@@ -75,6 +77,7 @@ def test_2021_hub_config_with_legacy_keys(tmp_path):
 
 
 def test_legacy_config_dict_values_win():
+    transformers = reference("transformers")
     config = clipfast.CLIPConfig(text_config={"hidden_size": 64}, text_config_dict={"hidden_size": 768})
     assert config.text_config.hidden_size == 768
     # a partial legacy dict is a full config with defaults, which win everywhere (SD 1.x safety checker files)
@@ -89,6 +92,7 @@ def test_legacy_config_dict_values_win():
 
 def test_base_config_fields_and_methods_of_the_reference(tmp_path):
     """Generic fields code written against transformers reads (custom forwards use config.use_return_dict)."""
+    transformers = reference("transformers")
     ours, ref = clipfast.CLIPConfig(), transformers.CLIPConfig()
     for name in ("use_return_dict", "is_encoder_decoder", "tie_word_embeddings", "chunk_size_feed_forward",
                  "pruned_heads", "is_decoder", "add_cross_attention", "torchscript", "name_or_path"):
@@ -143,6 +147,7 @@ def test_attn_implementation_propagates_to_sub_configs(ref_folder):
 
 
 def test_sharded_safetensors_round_trip(ref_folder, tmp_path, text_inputs, pixel_values):
+    transformers = reference("transformers")
     model = clipfast.CLIPModel.from_pretrained(ref_folder)
     model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
     assert (tmp_path / "sharded" / "model.safetensors.index.json").exists()
@@ -155,6 +160,7 @@ def test_sharded_safetensors_round_trip(ref_folder, tmp_path, text_inputs, pixel
 
 def test_pytorch_bin_with_legacy_position_ids(ref_folder, tmp_path, text_inputs, pixel_values):
     """Hub files before transformers 4.31 carry the position_ids buffers; they are ignored silently."""
+    transformers = reference("transformers")
     ref = transformers.CLIPModel.from_pretrained(ref_folder)
     state = dict(ref.state_dict())
     state["text_model.embeddings.position_ids"] = torch.arange(TINY_TEXT["max_position_embeddings"])[None]
@@ -172,6 +178,7 @@ def test_pytorch_bin_with_legacy_position_ids(ref_folder, tmp_path, text_inputs,
 
 def test_variant_and_subfolder(ref_folder, tmp_path):
     """diffusers-style repos: text_encoder/ holding a CLIPTextModel, weights as model.fp16.safetensors."""
+    transformers = reference("transformers")
     text = transformers.CLIPTextModel(transformers.CLIPTextConfig(**TINY_TEXT)).half()
     text.save_pretrained(tmp_path / "repo" / "text_encoder", variant="fp16")
     model = clipfast.CLIPTextModel.from_pretrained(tmp_path / "repo", subfolder="text_encoder", variant="fp16",
@@ -181,6 +188,7 @@ def test_variant_and_subfolder(ref_folder, tmp_path):
 
 def test_sharded_variant(tmp_path, text_inputs, pixel_values):
     """transformers names a sharded variant's index model.safetensors.index.fp16.json."""
+    transformers = reference("transformers")
     ref = transformers.CLIPModel(transformers.CLIPConfig(**tiny_config_dict())).half()
     ref.save_pretrained(tmp_path, variant="fp16", max_shard_size="20KB")
     assert (tmp_path / "model.safetensors.index.fp16.json").exists()
@@ -219,6 +227,7 @@ def test_loading_does_not_initialise_random_weights_first(ref_folder, monkeypatc
                                   "CLIPVisionModelWithProjection"])
 def test_clipmodel_checkpoint_loads_into_each_tower(name, tmp_path, text_inputs, pixel_values):
     # projection_dim equal at both levels, as in the OpenAI checkpoints (transformers reads the sub-config's)
+    transformers = reference("transformers")
     config = transformers.CLIPConfig(**dict(tiny_config_dict(text={"eos_token_id": 98}), projection_dim=32))
     transformers.CLIPModel(config).save_pretrained(tmp_path)
     ours = getattr(clipfast, name).from_pretrained(tmp_path)
@@ -241,6 +250,7 @@ def test_projection_class_takes_the_composite_projection_dim(ref_folder, text_in
 
 def test_plain_tower_out_of_a_clipmodel_keeps_its_own_projection_dim(ref_folder):
     """Only projection towers take the composite's projection_dim; a plain tower's config is its sub-config."""
+    transformers = reference("transformers")
     for cls in ("CLIPTextModel", "CLIPVisionModel"):
         ours = getattr(clipfast, cls).from_pretrained(ref_folder).config
         ref = getattr(transformers, cls).from_pretrained(ref_folder).config
@@ -252,6 +262,7 @@ def test_plain_tower_out_of_a_clipmodel_keeps_its_own_projection_dim(ref_folder)
 
 
 def test_text_checkpoint_into_projection_class_initialises_the_head(tmp_path):
+    transformers = reference("transformers")
     transformers.CLIPTextModel(transformers.CLIPTextConfig(**TINY_TEXT)).save_pretrained(tmp_path)
     with pytest.warns(UserWarning, match="text_projection.weight"):
         model, info = clipfast.CLIPTextModelWithProjection.from_pretrained(tmp_path, output_loading_info=True)
@@ -267,6 +278,7 @@ def test_classifier_from_clip_checkpoint(ref_folder):
 
 
 def test_unexpected_keys_are_reported_by_name(ref_folder, tmp_path):
+    transformers = reference("transformers")
     state = dict(transformers.CLIPModel.from_pretrained(ref_folder).state_dict())
     state["text_model.extra_head.weight"] = torch.zeros(2)
     (tmp_path / "config.json").write_text((ref_folder / "config.json").read_text())
@@ -300,6 +312,7 @@ def test_config_of_another_model_type(ref_folder):
 
 
 def test_text_only_folder_into_clipmodel_is_refused(tmp_path):
+    transformers = reference("transformers")
     transformers.CLIPTextModel(transformers.CLIPTextConfig(**TINY_TEXT)).save_pretrained(tmp_path)
     with pytest.raises(CheckpointError, match="clip_text_model"):
         clipfast.CLIPModel.from_pretrained(tmp_path)
@@ -313,6 +326,7 @@ def test_corrupt_safetensors(ref_folder):
 
 
 def test_mismatched_shapes_name_the_tensors(ref_folder):
+    transformers = reference("transformers")
     data = json.loads((ref_folder / "config.json").read_text())
     data["projection_dim"] = 16
     (ref_folder / "config.json").write_text(json.dumps(data))
@@ -330,6 +344,7 @@ def test_mismatched_shapes_name_the_tensors(ref_folder):
 
 def test_base_model_prefix_is_stripped(ref_folder, tmp_path, text_inputs, pixel_values):
     """Weights saved from a wrapper module (keys "clip.text_model...."), as transformers strips base_model_prefix."""
+    transformers = reference("transformers")
     ref = transformers.CLIPModel.from_pretrained(ref_folder)
     folder = tmp_path / "wrapped"
     folder.mkdir()
@@ -346,6 +361,7 @@ def test_base_model_prefix_is_stripped(ref_folder, tmp_path, text_inputs, pixel_
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, None])
 def test_config_records_the_loaded_dtype(ref_folder, dtype):
+    transformers = reference("transformers")
     model = clipfast.CLIPModel.from_pretrained(ref_folder, torch_dtype=dtype)
     ref = transformers.CLIPModel.from_pretrained(ref_folder, torch_dtype=dtype)
     for ours, theirs in ((model.config, ref.config), (model.config.text_config, ref.config.text_config),
@@ -485,12 +501,12 @@ def test_loading_leaves_torch_init_functions_alone(ref_folder):
 
 
 def test_bf16_on_a_cpu_without_bf16_hardware_warns(ref_folder, monkeypatch):
-    import clipfast.optimize
+    import clipfast.loading
 
-    monkeypatch.setattr(clipfast.optimize, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(clipfast.loading, "cpu_has_native_bf16", lambda: False)
     with pytest.warns(UserWarning, match="cpu_bf16_as_fp32"):
         clipfast.CLIPModel.from_pretrained(ref_folder, torch_dtype=torch.bfloat16)
-    monkeypatch.setattr(clipfast.optimize, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(clipfast.loading, "cpu_has_native_bf16", lambda: True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         clipfast.CLIPModel.from_pretrained(ref_folder, torch_dtype=torch.bfloat16)

@@ -22,6 +22,7 @@ _EXPORTS: dict[str, str] = {
     "CLIPTextConfig": "configuration",
     "CLIPVisionConfig": "configuration",
     # models and outputs
+    "PreTrainedModel": "loading",
     "CLIPPreTrainedModel": "modeling",
     "CLIPModel": "modeling",
     "CLIPTextModel": "modeling",
@@ -37,13 +38,13 @@ _EXPORTS: dict[str, str] = {
     "CLIPMLP": "modeling",
     "CLIPTextEmbeddings": "modeling",
     "CLIPVisionEmbeddings": "modeling",
-    "ModelOutput": "modeling",
-    "BaseModelOutput": "modeling",
-    "BaseModelOutputWithPooling": "modeling",
-    "CLIPOutput": "modeling",
-    "CLIPTextModelOutput": "modeling",
-    "CLIPVisionModelOutput": "modeling",
-    "ImageClassifierOutput": "modeling",
+    "ModelOutput": "outputs",
+    "BaseModelOutput": "outputs",
+    "BaseModelOutputWithPooling": "outputs",
+    "CLIPOutput": "outputs",
+    "CLIPTextModelOutput": "outputs",
+    "CLIPVisionModelOutput": "outputs",
+    "ImageClassifierOutput": "outputs",
     # tokenizers
     "CLIPTokenizer": "tokenization",
     "CLIPTokenizerFast": "tokenization_fast",
@@ -73,7 +74,7 @@ _EXPORTS: dict[str, str] = {
     # opt-in speedups (CPU)
     "quantize_int8": "optimize",
     "cpu_bf16_as_fp32": "optimize",
-    "cpu_has_native_bf16": "optimize",
+    "cpu_has_native_bf16": "kernels",
     # errors
     "ClipfastError": "errors",
 }

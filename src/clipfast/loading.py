@@ -1,4 +1,5 @@
-"""``from_pretrained`` and ``save_pretrained`` for the CLIP models.
+"""``from_pretrained`` and ``save_pretrained``, and :class:`PreTrainedModel`, the base of the public models that
+holds transformers' model API.
 
 Loading builds the model on the meta device (no random weights that would be thrown away), reads the weights
 (safetensors first; ``.bin`` only with ``weights_only=True``), checks every key and shape by name, and assigns the
@@ -7,11 +8,12 @@ checkpoint tensors in place. Only the tensors a checkpoint lacks are initialised
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import warnings
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -19,10 +21,12 @@ from torch import nn
 from clipfast.configuration import PretrainedConfig
 from clipfast.errors import CheckpointError
 from clipfast.hub import load_weights, resolve_weights, save_weights
-from clipfast.modeling import (ATTN_IMPLEMENTATIONS, CLIPPreTrainedModel, CLIPTextEmbeddings,
-                               CLIPVisionEmbeddings, no_init_weights)
+from clipfast.kernels import cpu_has_native_bf16, drop_packs
 
 logger = logging.getLogger("clipfast")
+
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
+_INIT_WEIGHTS = [True]  # switched off while loading builds a model on the meta device
 
 # from_pretrained options of transformers that have no effect here; accepted so users' calls keep working
 _IGNORED_KWARGS = ("low_cpu_mem_usage", "trust_remote_code", "force_download", "resume_download", "proxies",
@@ -32,6 +36,27 @@ _IGNORED_KWARGS = ("low_cpu_mem_usage", "trust_remote_code", "force_download", "
 # keys of another CLIP head or tower: dropping them is expected when loading one tower from a full checkpoint
 _OTHER_PART = re.compile(r"^(text_model\.|vision_model\.|logit_scale$|text_projection\.|visual_projection\.)")
 _POSITION_IDS = re.compile(r"(^|\.)position_ids$")
+
+
+@contextlib.contextmanager
+def no_init_weights() -> Iterator[None]:
+    """Build models without initialising their weights (loading overwrites them anyway).
+
+    On the meta device, initialisation is pure waste: torch even imports its reference implementations of
+    ``normal_`` for it, which costs over a second of start-up.
+    """
+    names = ("normal_", "uniform_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_", "xavier_normal_",
+             "trunc_normal_", "constant_", "zeros_", "ones_")
+    saved = {name: getattr(nn.init, name) for name in names}
+    _INIT_WEIGHTS.append(False)
+    try:
+        for name in names:  # torch's own layers (Linear, Embedding, ...) initialise themselves in __init__
+            setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        _INIT_WEIGHTS.pop()
+        for name, fn in saved.items():
+            setattr(nn.init, name, fn)
 
 
 def resolve_dtype(dtype: Any, config: PretrainedConfig, state_dict: dict[str, torch.Tensor] | None) -> torch.dtype:
@@ -69,8 +94,8 @@ def check_attn_implementation(name: str | dict[str, str | None] | None) -> Any:
     return name
 
 
-def build_model(cls: type, config: PretrainedConfig, *, torch_dtype: Any = None,
-                attn_implementation: str | None = None) -> Any:
+def build_from_config(cls: type, config: PretrainedConfig, *, torch_dtype: Any = None,
+                      attn_implementation: str | None = None) -> Any:
     """A randomly initialised model of class ``cls``."""
     if attn_implementation is not None:
         config._attn_implementation = check_attn_implementation(attn_implementation)
@@ -79,7 +104,7 @@ def build_model(cls: type, config: PretrainedConfig, *, torch_dtype: Any = None,
     return model.to(dtype) if dtype != torch.float32 else model
 
 
-def from_pretrained(cls: type, pretrained_model_name_or_path: str | os.PathLike, *model_args: Any,
+def load_pretrained(cls: type, pretrained_model_name_or_path: str | os.PathLike, *model_args: Any,
                     config: PretrainedConfig | None = None, subfolder: str = "", revision: str | None = None,
                     cache_dir: str | os.PathLike | None = None, local_files_only: bool = False,
                     token: str | bool | None = None, torch_dtype: Any = None, dtype: Any = None,
@@ -178,8 +203,6 @@ def _warn_slow_cpu_bf16(dtype: torch.dtype, device: torch.device) -> None:
     """bf16 on a CPU without bf16 hardware runs several times slower than fp32: say so, and what to do."""
     if dtype != torch.bfloat16 or device.type != "cpu":
         return
-    from clipfast.optimize import cpu_has_native_bf16
-
     if not cpu_has_native_bf16():
         warnings.warn("This CPU has no native bfloat16 (no AVX512-BF16/AMX): a bf16 model runs several times "
                       "slower than float32 here. Load in float32, or keep the bf16 weights and compute in fp32 "
@@ -228,7 +251,7 @@ def _match_prefix(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict
     return state_dict
 
 
-def _assign(model: CLIPPreTrainedModel, state_dict: dict[str, torch.Tensor], dtype: torch.dtype,
+def _assign(model: PreTrainedModel, state_dict: dict[str, torch.Tensor], dtype: torch.dtype,
             ignore_mismatched_sizes: bool, source: str) -> dict[str, list]:
     """Check keys and shapes, put checkpoint tensors into the meta model, initialise what is missing."""
     expected = model.state_dict()
@@ -266,17 +289,18 @@ def _post_order(module: nn.Module) -> Iterator[nn.Module]:
 
 
 @torch.no_grad()
-def _materialize(model: CLIPPreTrainedModel, dtype: torch.dtype, uninitialised: set[str]) -> None:
+def _materialize(model: PreTrainedModel, dtype: torch.dtype, uninitialised: set[str]) -> None:
     """Allocate the tensors still on the meta device and initialise them with the reference's rules."""
     for module in model.modules():
         if any(p.is_meta for p in module.parameters(recurse=False)):
+            # buffers the model built on the CPU (position ids) survive; to_empty would leave them uninitialised
+            kept = {name: b for name, b in module.named_buffers(recurse=False) if b is not None and not b.is_meta}
             module.to_empty(device="cpu", recurse=False)
+            for name, buffer in kept.items():
+                setattr(module, name, buffer)
             for name, param in module.named_parameters(recurse=False):
                 if param.dtype != dtype:
                     setattr(module, name, nn.Parameter(param.to(dtype), requires_grad=param.requires_grad))
-        if isinstance(module, (CLIPTextEmbeddings, CLIPVisionEmbeddings)):
-            length = module.position_embedding.weight.shape[0]
-            module.position_ids = torch.arange(length).expand((1, -1))
     params = dict(model.named_parameters())
     todo = {id(params[k]) for k in uninitialised if k in params}
     if not todo:
@@ -337,7 +361,7 @@ def refuse_push_to_hub() -> None:
                               "with huggingface_hub.upload_folder(repo_id=..., folder_path=folder).")
 
 
-def save_pretrained(model: CLIPPreTrainedModel, save_directory: str | os.PathLike, *,
+def save_pretrained(model: PreTrainedModel, save_directory: str | os.PathLike, *,
                     safe_serialization: bool = True, max_shard_size: int | str = "5GB",
                     state_dict: dict[str, torch.Tensor] | None = None, **kwargs: Any) -> None:
     """Write config.json and model.safetensors (sharded above ``max_shard_size``)."""
@@ -352,3 +376,275 @@ def save_pretrained(model: CLIPPreTrainedModel, save_directory: str | os.PathLik
     config.save_pretrained(save_directory)
     save_weights(state_dict if state_dict is not None else model.state_dict(), save_directory,
                  max_shard_size=max_shard_size, safe_serialization=safe_serialization)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The model base class: transformers' model API, shared by every public model
+
+
+class PreTrainedModel(nn.Module):
+    """Base of the public models: ``from_pretrained`` / ``save_pretrained`` and the rest of transformers' model
+    API (initialisation once, sizes, gradient checkpointing, attention switch, token-table resizing).
+
+    A model class sets ``config_class`` and implements ``_init_rules`` (its initialisation, as data) and, if it
+    has a token table, ``get_input_embeddings`` and ``_set_token_embedding``.
+    """
+
+    config_class: type[PretrainedConfig] = PretrainedConfig
+    base_model_prefix = ""
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    framework = "pt"
+    is_parallelizable = False
+
+    def __init__(self, config: PretrainedConfig) -> None:
+        super().__init__()
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got "
+                            f"{type(config).__name__}.")
+        backend = config._attn_implementation
+        if backend not in ATTN_IMPLEMENTATIONS:
+            raise ValueError(f"attn_implementation={backend!r} is not supported; choose one of "
+                             f"{list(ATTN_IMPLEMENTATIONS)}.")
+        self.config = config
+        self.name_or_path = config._name_or_path
+
+    # -- initialisation -----------------------------------------------------------------------------------------
+
+    def post_init(self) -> None:
+        """Initialise every weight as the reference does (children first, so specific rules win), once: a model
+        already initialised or loaded keeps its weights, as the reference's does."""
+        if _INIT_WEIGHTS[-1] and not getattr(self, "_weights_ready", False):
+            self.apply(self._init_weights)
+        self._weights_ready = True
+
+    def init_weights(self) -> None:
+        """transformers' public name of :meth:`post_init`'s initialisation."""
+        self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Initialise the tensors that ``module``'s own rule covers."""
+        for tensor, init in self._init_rules(module):
+            init(tensor)
+
+    def _init_rules(self, module: nn.Module) -> list[tuple[torch.Tensor, Callable[[torch.Tensor], Any]]]:
+        """The initialisation rules for one module, as (tensor, in-place init) pairs; kept as data so that loading
+        can initialise only the tensors a checkpoint lacks. The model classes say what they are."""
+        return []
+
+    # -- loading and saving -------------------------------------------------------------------------------------
+
+    @classmethod
+    def _from_config(cls, config: PretrainedConfig, torch_dtype: torch.dtype | None = None,
+                     attn_implementation: str | None = None, **kwargs: Any) -> Any:
+        """Build a randomly initialised model from a config (transformers' private constructor)."""
+        return build_from_config(cls, config, torch_dtype=kwargs.pop("dtype", torch_dtype),
+                                 attn_implementation=attn_implementation)
+
+    @classmethod
+    def from_config(cls, config: PretrainedConfig, **kwargs: Any) -> Any:
+        """Alias of :meth:`_from_config` (the Auto classes' spelling)."""
+        return cls._from_config(config, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *model_args: Any, **kwargs: Any) -> Any:
+        """Load a model from a folder or hub id; see :func:`clipfast.loading.load_pretrained` for the options.
+
+        Example:
+            >>> model = CLIPModel.from_pretrained("openai/clip-vit-base-patch32")  # doctest: +SKIP
+        """
+        return load_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs)
+
+    def save_pretrained(self, save_directory: Any, **kwargs: Any) -> None:
+        """Write config.json and model.safetensors, loadable by clipfast and by transformers 4.x and 5.x."""
+        save_pretrained(self, save_directory, **kwargs)
+
+    def push_to_hub(self, *args: Any, **kwargs: Any) -> None:
+        """Not supported: clipfast never uploads. Save with ``save_pretrained`` and upload the folder with
+        ``huggingface_hub.upload_folder``."""
+        refuse_push_to_hub()
+
+    def classification_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """A classifier's loss as transformers picks it by ``config.problem_type`` (set from the labels if
+        unset): MSE for regression, cross-entropy for single-label, BCE-with-logits for multi-label."""
+        labels = labels.to(logits.device)
+        if self.config.problem_type is None:
+            if self.num_labels == 1:
+                self.config.problem_type = "regression"
+            elif labels.dtype in (torch.long, torch.int):
+                self.config.problem_type = "single_label_classification"
+            else:
+                self.config.problem_type = "multi_label_classification"
+        problem = self.config.problem_type
+        if problem == "regression":
+            if self.num_labels == 1:
+                return nn.functional.mse_loss(logits.squeeze(), labels.squeeze().to(logits.dtype))
+            return nn.functional.mse_loss(logits, labels.to(logits.dtype))
+        if problem == "single_label_classification":
+            return nn.functional.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
+        if problem == "multi_label_classification":
+            return nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+        raise ValueError(f"problem_type={problem!r} is not one of 'regression', 'single_label_classification', "
+                         "'multi_label_classification'.")
+
+    # -- what the model is --------------------------------------------------------------------------------------
+
+    @property
+    def base_model(self) -> nn.Module:
+        """The model itself (CLIP models have no separate base model), as in transformers."""
+        return getattr(self, self.base_model_prefix, self)
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the first parameter."""
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """dtype of the first floating-point parameter."""
+        return next(p.dtype for p in self.parameters() if p.is_floating_point())
+
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """Number of parameters (optionally only those with requires_grad, or without the embedding tables)."""
+        skipped = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)} if exclude_embeddings else set()
+        return sum(p.numel() for p in self.parameters()
+                   if (p.requires_grad or not only_trainable) and id(p) not in skipped)
+
+    def get_memory_footprint(self, return_buffers: bool = True) -> int:
+        """Bytes taken by the parameters (and buffers)."""
+        tensors = [*self.parameters(), *(self.buffers() if return_buffers else [])]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def can_generate(self) -> bool:
+        return False
+
+    # -- switches -----------------------------------------------------------------------------------------------
+
+    def set_attn_implementation(self, attn_implementation: str | dict[str, str]) -> None:
+        """Switch the attention backend at runtime ("eager", "sdpa", "flash_attention_2", or a dict by sub-config)."""
+        self.config._attn_implementation = check_attn_implementation(attn_implementation)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """Recompute each encoder layer in the backward pass to save activation memory."""
+        self._set_in_layers("gradient_checkpointing", True)
+
+    def gradient_checkpointing_disable(self) -> None:
+        """Undo :meth:`gradient_checkpointing_enable`."""
+        self._set_in_layers("gradient_checkpointing", False)
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return any(getattr(m, "gradient_checkpointing", False) for m in self.modules())
+
+    def _set_in_layers(self, name: str, value: bool) -> None:
+        """Set the switch ``name`` of every submodule that has one."""
+        for module in self.modules():
+            if module is not self and hasattr(module, name):
+                setattr(module, name, value)
+
+    def set_cpu_weight_packing(self, enabled: bool = True) -> "PreTrainedModel":
+        """Opt in to (or out of) MKL weight packing for float32 CPU inference; returns the model.
+
+        Each encoder layer then packs its float32 weights once, on its second CPU call without autograd (a
+        one-shot call never pays for packing), and multiplies by the packs from then on: the same float32 math,
+        ~1.3x faster at batch 1 for ViT-B/32 (~1.05x at batch 32). The packs cost one extra copy of the Linear
+        weights of each tower that ran on CPU (~340 MB for the B/32 vision tower) and are rebuilt when a parameter
+        changes: a new parameter or storage, ``load_state_dict``, in-place ops, optimizer steps (fused ones
+        included: a sample of each parameter's values is checked on every call). Writes through ``param.data`` to
+        a few elements can slip past the sample: call this again after them (it drops the packs, so the next call
+        repacks). Off: the packs are freed. See :mod:`clipfast.kernels`.
+
+        Example:
+            >>> model = CLIPModel.from_pretrained(path).eval().set_cpu_weight_packing()  # doctest: +SKIP
+        """
+        for module in self.modules():
+            if hasattr(module, "fast_paths"):  # a layer with a fast path on packed weights: (default, packed)
+                default, packed = module.fast_paths
+                module.cpu_weight_packing, module.fast = bool(enabled), packed if enabled else default
+                drop_packs(module)
+        return self
+
+    def _apply(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``to()``, ``cuda()``, ``half()``... also drop the CPU weight packs, which the moved weights no longer use."""
+        for module in self.modules():
+            drop_packs(module)
+        return super()._apply(fn, *args, **kwargs)
+
+    # -- input embeddings ---------------------------------------------------------------------------------------
+
+    def enable_input_require_grads(self) -> None:
+        """Make the input embeddings' output require grad, so gradient checkpointing works with frozen
+        embeddings (adapters, PEFT)."""
+        def require_grads(module: nn.Module, args: Any, output: torch.Tensor) -> None:
+            output.requires_grad_(True)
+
+        self._require_grads_hook = self.get_input_embeddings().register_forward_hook(require_grads)
+
+    def disable_input_require_grads(self) -> None:
+        """Undo :meth:`enable_input_require_grads`."""
+        hook = getattr(self, "_require_grads_hook", None)
+        if hook is not None:
+            hook.remove()
+            self._require_grads_hook = None
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The token embedding (text models) or the patch embedding (vision models)."""
+        raise NotImplementedError(f"{type(self).__name__} has no single input embedding.")
+
+    def get_output_embeddings(self) -> None:
+        return None
+
+    def tie_weights(self) -> None:
+        """CLIP ties no weights; present for API compatibility."""
+
+    def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None,
+                                mean_resizing: bool = True) -> nn.Embedding:
+        """Grow or shrink the token table (e.g. after ``tokenizer.add_tokens``), keeping existing rows, as
+        transformers does: the size rounded up to ``pad_to_multiple_of``; new rows drawn around the old rows' mean
+        (``mean_resizing``, with 1e-9 of their covariance) or from the initialisation rule; ``requires_grad`` kept.
+        """
+        old = self.get_input_embeddings()
+        if not isinstance(old, nn.Embedding):
+            raise TypeError(f"{type(self).__name__} has no token embedding to resize.")
+        if new_num_tokens is None and pad_to_multiple_of is None:
+            return old
+        size = old.num_embeddings if new_num_tokens is None else int(new_num_tokens)
+        if pad_to_multiple_of:
+            size = -(-size // int(pad_to_multiple_of)) * int(pad_to_multiple_of)
+        new = nn.Embedding(size, old.embedding_dim, device=old.weight.device, dtype=old.weight.dtype)
+        with torch.no_grad():
+            keep = min(size, old.num_embeddings)
+            new.weight[:keep] = old.weight[:keep]
+            if size > keep:
+                new.weight[keep:] = (_rows_like(old.weight, size - keep) if mean_resizing else
+                                     torch.randn_like(new.weight[keep:]) * 0.02 * self.config.initializer_factor)
+        new.weight.requires_grad_(old.weight.requires_grad)
+        self._set_token_embedding(new)
+        return new
+
+    def _set_token_embedding(self, table: nn.Embedding) -> None:
+        """Put a resized token table in place (and its size into the config)."""
+        raise TypeError(f"{type(self).__name__} has no token embedding to resize.")
+
+
+def ignore_extra_kwargs(method: str, kwargs: dict[str, Any]) -> None:
+    """Keywords a method does not take: ignored with one warning (the reference's
+    ``filter_out_non_signature_kwargs``), so ``model.get_text_features(**processor_outputs)`` works."""
+    if kwargs:
+        warnings.warn(f"The following named arguments are not valid for `{method}` and were ignored: "
+                      f"{', '.join(repr(k) for k in kwargs)}", UserWarning, stacklevel=3)
+
+
+def _rows_like(table: torch.Tensor, count: int) -> torch.Tensor:
+    """``count`` new embedding rows around the mean of ``table``'s rows: drawn from N(mean, 1e-9 * covariance)
+    when the covariance is positive definite, else the mean itself (transformers' mean resizing)."""
+    rows = table.float()
+    mean = rows.mean(dim=0)
+    centered = rows - mean
+    covariance = centered.T @ centered / rows.shape[0]
+    try:
+        scale = torch.linalg.cholesky(1e-9 * covariance.double()).float()
+    except RuntimeError:  # not positive definite (fewer rows than dimensions, duplicates)
+        return mean.expand(count, -1).to(table.dtype)
+    return (mean + torch.randn(count, mean.shape[0], device=table.device) @ scale.T).to(table.dtype)

@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipfast.modeling import WeightsSeen
+from clipfast.kernels import WeightsSeen, cpu_has_amx, cpu_has_native_bf16
+from clipfast.modeling import CLIPEncoder
 
 __all__ = ["quantize_int8", "cpu_has_native_bf16", "cpu_bf16_as_fp32", "UpcastLinear", "cpu_bf16_matmuls", "compile"]
 
@@ -53,7 +54,7 @@ def quantize_int8(model: nn.Module, per_channel: bool = True, engine: str | None
     if any(p.dtype != torch.float32 for p in model.parameters() if p.is_floating_point()):
         raise ValueError("quantize_int8 needs a float32 model; call model.float() first.")
     supported = torch.backends.quantized.supported_engines
-    engine = engine or ("onednn" if _cpu_has_amx() and "onednn" in supported else torch.backends.quantized.engine)
+    engine = engine or ("onednn" if cpu_has_amx() and "onednn" in supported else torch.backends.quantized.engine)
     if engine not in supported:
         raise ValueError(f"engine={engine!r} is not a quantized engine of this PyTorch build; choose one of "
                          f"{[e for e in supported if e != 'none']}.")
@@ -70,23 +71,6 @@ def quantize_int8(model: nn.Module, per_channel: bool = True, engine: str | None
             return quantize_dynamic(model.eval(), {nn.Linear: qconfig}, dtype=torch.qint8, inplace=True)
     finally:
         torch.backends.quantized.engine = previous
-
-
-def _cpu_has_amx() -> bool:
-    """Whether this CPU has AMX tile units (int8/bf16 matrix engines), as PyTorch reports it."""
-    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool(check()) if check is not None else False
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 matrices in hardware (AVX512-BF16 or AMX), as oneDNN reports it.
-
-    Without it (e.g. AVX2-only CPUs), PyTorch's bf16 matmul falls back to a scalar path under 1 GFLOP/s.
-    """
-    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    if check is None or not torch.backends.mkldnn.is_available():
-        return False
-    return bool(check())
 
 
 class UpcastLinear(nn.Module):
@@ -190,8 +174,6 @@ def cpu_bf16_matmuls(model: nn.Module) -> nn.Module:
     Example:
         >>> model = cpu_bf16_matmuls(CLIPModel.from_pretrained(path))     # doctest: +SKIP
     """
-    from clipfast.modeling import CLIPEncoder
-
     encoders = [m for m in model.modules() if isinstance(m, CLIPEncoder)]
     if not encoders:
         raise ValueError(f"{type(model).__name__} has no CLIPEncoder; pass a clipfast CLIP model.")
@@ -225,8 +207,6 @@ def compile(model: nn.Module, **kwargs: Any) -> nn.Module:
     Example:
         >>> model = compile(model, dynamic=True)                           # doctest: +SKIP
     """
-    from clipfast.modeling import CLIPEncoder
-
     encoders = [m for m in model.modules() if isinstance(m, CLIPEncoder)]
     if not encoders:
         raise ValueError(f"{type(model).__name__} has no CLIPEncoder to compile; pass a clipfast CLIP model.")
