@@ -1,5 +1,8 @@
 """Parity of clipfast's tokenizers with transformers 4.57 (slow with slow, fast with fast), built from the same
-Hub-format files, on >= 10,000 varied texts, the spec §8.3 ids, and every padding/truncation/return option."""
+Hub-format files, on >= 10,000 varied texts, the spec §8.3 ids, and every padding/truncation/return option.
+
+Parity tests take the reference through the ``pairs`` fixture or ``helpers.reference`` and skip without it; the
+tests of clipfast's own behaviour (``ours``: tokenizers from the vocabulary clipfast ships) run on a plain install."""
 
 from __future__ import annotations
 
@@ -11,12 +14,11 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from helpers.tokenizer_files import corpus, hub_dir  # noqa: E402
+from helpers import reference  # noqa: E402
+from helpers.tokenizer_files import corpus, hub_dir, shipped_dir  # noqa: E402
 
 import clipfast  # noqa: E402
 from clipfast.errors import InputError  # noqa: E402
-
-transformers = pytest.importorskip("transformers")
 
 SPEC_TEXT = ("This is a test 😊\nI was born in 92000, and this is falsé.\n生活的真谛是\nHi  Hello\nHi   Hello\n\n \n  \n "
              "Hello\n<s>\nhi<s>there\nThe following string should be properly encoded: Hello.\nBut ird and ปี   ird   ด\n"
@@ -32,12 +34,20 @@ SPEC_DECODED = ("this is a test 😊 i was born in 9 2 0 0 0 , and this is fals�
 
 @pytest.fixture(scope="module")
 def pairs() -> dict[str, tuple]:
-    """(ours, reference) for "slow" and "fast", loaded from the same folder."""
+    """(ours, reference) for "slow" and "fast", loaded from the same folder (written by transformers)."""
+    transformers = reference("transformers")
     folder = hub_dir()
     return {"slow": (clipfast.CLIPTokenizer.from_pretrained(folder),
                      transformers.CLIPTokenizer.from_pretrained(folder)),
             "fast": (clipfast.CLIPTokenizerFast.from_pretrained(folder),
                      transformers.CLIPTokenizerFast.from_pretrained(folder))}
+
+
+@pytest.fixture(scope="module")
+def ours() -> dict[str, object]:
+    """clipfast's "slow" and "fast" tokenizers, loaded from the files clipfast writes from its shipped vocabulary."""
+    return {"slow": clipfast.CLIPTokenizer.from_pretrained(shipped_dir()),
+            "fast": clipfast.CLIPTokenizerFast.from_pretrained(shipped_dir())}
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +91,7 @@ def test_slow_and_fast_disagree_only_where_the_reference_does(pairs: dict, texts
 
 
 def test_slow_without_ftfy_matches_reference_without_ftfy(texts: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    transformers = reference("transformers")
     folder = hub_dir()  # built first: open_clip imports ftfy
     monkeypatch.setitem(sys.modules, "ftfy", None)  # `import ftfy` now raises ImportError
     ours, ref = clipfast.CLIPTokenizer.from_pretrained(folder), transformers.CLIPTokenizer.from_pretrained(folder)
@@ -90,16 +101,16 @@ def test_slow_without_ftfy_matches_reference_without_ftfy(texts: list[str], monk
 
 
 @pytest.mark.parametrize("kind", ["slow", "fast"])
-def test_spec_integration_ids(pairs: dict, kind: str) -> None:
-    ours, _ = pairs[kind]
+def test_spec_integration_ids(ours: dict, kind: str) -> None:
+    ours = ours[kind]
     assert ours.encode(SPEC_TEXT, add_special_tokens=False) == SPEC_IDS
     assert ours(SPEC_TEXT).input_ids == [49406, *SPEC_IDS, 49407]
     assert ours.decode(SPEC_IDS) == SPEC_DECODED
 
 
 @pytest.mark.parametrize("kind", ["slow", "fast"])
-def test_spec_examples(pairs: dict, kind: str) -> None:
-    ours, _ = pairs[kind]
+def test_spec_examples(ours: dict, kind: str) -> None:
+    ours = ours[kind]
     assert ours(["a photo of a cat", "a photo of a dog"], padding=True).input_ids == [
         [49406, 320, 1125, 539, 320, 2368, 49407], [49406, 320, 1125, 539, 320, 1929, 49407]]
     out = ours(["a photo of a cat", "a dog"], padding="max_length", max_length=10)
@@ -205,16 +216,21 @@ def test_decode_options_match_reference(pairs: dict, kind: str) -> None:
     assert ours.convert_tokens_to_string(tokens) == ref.convert_tokens_to_string(tokens)
 
 
-def test_fast_offsets_and_encodings(pairs: dict) -> None:
+def test_fast_offsets_and_encodings_match_reference(pairs: dict) -> None:
     ours, ref = pairs["fast"]
     for text in ("a photo of a cat", " hello hello", "naïve café 😊"):
         got = ours(text, return_offsets_mapping=True)
         assert got["offset_mapping"] == ref(text, return_offsets_mapping=True)["offset_mapping"]
         assert got.tokens() == ref(text).tokens() and got.word_ids() == ref(text).word_ids()
-    assert ours("a photo of a cat", return_offsets_mapping=True)["offset_mapping"] == [
-        (0, 0), (0, 1), (2, 7), (8, 10), (11, 12), (13, 16), (0, 0)]
+
+
+def test_fast_offsets_and_encodings(ours: dict) -> None:
+    got = ours["fast"]("a photo of a cat", return_offsets_mapping=True)
+    assert got["offset_mapping"] == [(0, 0), (0, 1), (2, 7), (8, 10), (11, 12), (13, 16), (0, 0)]
+    assert got.tokens() == ["<|startoftext|>", "a</w>", "photo</w>", "of</w>", "a</w>", "cat</w>", "<|endoftext|>"]
+    assert got.word_ids() == [None, 0, 1, 2, 3, 4, None]
     with pytest.raises(InputError):
-        pairs["slow"][0]("a cat", return_offsets_mapping=True)
+        ours["slow"]("a cat", return_offsets_mapping=True)
 
 
 @pytest.mark.parametrize("kind", ["slow", "fast"])
@@ -237,6 +253,7 @@ def test_special_token_helpers_match_reference(pairs: dict, kind: str) -> None:
 
 @pytest.mark.parametrize("kind", ["slow", "fast"])
 def test_added_tokens_and_pad_token_match_reference(kind: str) -> None:
+    transformers = reference("transformers")
     folder = hub_dir()
     ours_cls = getattr(clipfast, "CLIPTokenizer" if kind == "slow" else "CLIPTokenizerFast")
     ref_cls = getattr(transformers, "CLIPTokenizer" if kind == "slow" else "CLIPTokenizerFast")
@@ -255,9 +272,9 @@ def test_added_tokens_and_pad_token_match_reference(kind: str) -> None:
     assert ours.pad_token == ref.pad_token == "<|endoftext|>"
 
 
-def test_too_long_warning(pairs: dict, caplog: pytest.LogCaptureFixture) -> None:
-    for kind in ("slow", "fast"):
-        ours = type(pairs[kind][0]).from_pretrained(hub_dir())
+def test_too_long_warning(caplog: pytest.LogCaptureFixture) -> None:
+    for cls in (clipfast.CLIPTokenizer, clipfast.CLIPTokenizerFast):
+        ours = cls.from_pretrained(shipped_dir())  # a fresh one: each warning is logged once per tokenizer
         with caplog.at_level("WARNING"):
             ids = ours("word " * 100).input_ids
         assert len(ids) == 102
@@ -269,9 +286,9 @@ def test_too_long_warning(pairs: dict, caplog: pytest.LogCaptureFixture) -> None
 
 
 @pytest.mark.parametrize("kind", ["slow", "fast"])
-def test_bad_inputs(pairs: dict, kind: str) -> None:
-    ours, ref = pairs[kind]
-    assert ours("").input_ids == ref("").input_ids == [49406, 49407]
+def test_bad_inputs(ours: dict, kind: str) -> None:
+    ours = ours[kind]
+    assert ours("").input_ids == [49406, 49407]
     for bad in ([], None, 3, [1, 2], ["a", None], ["a", 3], [["a", "b", "c"]], {"a": 1}):
         with pytest.raises(ValueError) as info:
             ours(bad)
@@ -286,13 +303,21 @@ def test_bad_inputs(pairs: dict, kind: str) -> None:
         ours("a", truncation="middle")
     with pytest.raises(InputError):
         ours("a", return_tensors="tf")
+    with pytest.raises(InputError, match="return_overflowing_tokens"):
+        ours("a", return_overflowing_tokens=True)
+
+
+@pytest.mark.parametrize("kind", ["slow", "fast"])
+def test_edge_inputs_match_reference(pairs: dict, kind: str) -> None:
+    ours, ref = pairs[kind]
+    assert ours("").input_ids == ref("").input_ids == [49406, 49407]
     assert dict(ours("a", return_overflowing_tokens=False)) == dict(ref("a", return_overflowing_tokens=False))
     words = [["a", "photo", "of"], ["naïve", "café"]]
     assert ours(words, is_split_into_words=True).input_ids == ref(words, is_split_into_words=True).input_ids
 
 
-def test_batch_encoding_behaves_like_transformers(pairs: dict) -> None:
-    enc = pairs["fast"][0](["a cat", "a dog"], padding=True, return_tensors="pt")
+def test_batch_encoding_behaves_like_transformers(ours: dict) -> None:
+    enc = ours["fast"](["a cat", "a dog"], padding=True, return_tensors="pt")
     assert isinstance(enc, dict) and isinstance(enc, clipfast.BatchEncoding)
     assert enc.to("cpu") is enc and enc.input_ids is enc["input_ids"] and enc.data["input_ids"] is enc.input_ids
     assert "attention_mask" in enc and enc.get("token_type_ids") is None and list(enc.keys())[0] == "input_ids"
@@ -306,14 +331,16 @@ def test_batch_encoding_behaves_like_transformers(pairs: dict) -> None:
     assert pickle.loads(pickle.dumps(enc)).keys() == enc.keys()
 
 
+@pytest.mark.parametrize("loader", ["clipfast", "transformers"])
 @pytest.mark.parametrize("kind", ["slow", "fast"])
-def test_additional_special_tokens_survive_a_save(kind: str, tmp_path) -> None:
-    ours_cls = getattr(clipfast, "CLIPTokenizer" if kind == "slow" else "CLIPTokenizerFast")
-    ref_cls = getattr(transformers, "CLIPTokenizer" if kind == "slow" else "CLIPTokenizerFast")
-    ours = ours_cls.from_pretrained(hub_dir())
+def test_additional_special_tokens_survive_a_save(kind: str, loader: str, tmp_path) -> None:
+    name = "CLIPTokenizer" if kind == "slow" else "CLIPTokenizerFast"
+    ours_cls = getattr(clipfast, name)
+    load_cls = ours_cls if loader == "clipfast" else getattr(reference("transformers"), name)
+    ours = ours_cls.from_pretrained(shipped_dir())
     ours.add_special_tokens({"additional_special_tokens": ["<x>", "<Y>"]})
     ours.save_pretrained(tmp_path)
-    for loaded in (ours_cls.from_pretrained(tmp_path), ref_cls.from_pretrained(tmp_path)):
+    for loaded in (load_cls.from_pretrained(tmp_path),):
         assert loaded.all_special_tokens == ours.all_special_tokens == ["<|startoftext|>", "<|endoftext|>", "<x>",
                                                                          "<Y>"]
         assert len(loaded) == 49410
@@ -330,6 +357,7 @@ def test_additional_special_tokens_survive_a_save(kind: str, tmp_path) -> None:
 def test_fast_from_vocab_files_keeps_added_token_ids(saver: str, tmp_path) -> None:
     """Without tokenizer.json the fast tokenizer rebuilds its added tokens: they keep their ids, including a
     replaced bos token that is not in the vocabulary."""
+    transformers = reference("transformers")
     saver_cls = transformers.CLIPTokenizer if saver == "slow" else clipfast.CLIPTokenizer
     tok = saver_cls.from_pretrained(hub_dir())
     tok.add_tokens(["<special-1>"], special_tokens=True)
@@ -368,6 +396,7 @@ def test_single_text_corner_cases_match_reference(pairs: dict, kind: str) -> Non
 
 
 def test_fast_add_tokens_special_is_not_an_additional_special_token(tmp_path) -> None:
+    transformers = reference("transformers")
     ours = clipfast.CLIPTokenizerFast.from_pretrained(hub_dir())
     ref = transformers.CLIPTokenizerFast.from_pretrained(hub_dir())
     for tok in (ours, ref):
@@ -395,7 +424,7 @@ def test_threads_sharing_a_tokenizer_each_get_their_own_settings(kind: str, text
     (transformers' fast tokenizer fails there with 'Already borrowed', or reads another call's settings)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    tok = (clipfast.CLIPTokenizerFast if kind == "fast" else clipfast.CLIPTokenizer).from_pretrained(hub_dir())
+    tok = (clipfast.CLIPTokenizerFast if kind == "fast" else clipfast.CLIPTokenizer).from_pretrained(shipped_dir())
     batch = texts[:64]
     settings = [{}, {"padding": True}, {"truncation": True, "max_length": 8},
                 {"padding": "max_length", "max_length": 20, "truncation": True}]
@@ -411,15 +440,14 @@ def test_openai_text_cleaning_matches_open_clip(kind: str, texts: list[str]) -> 
     """text_cleaning="openai" (what clipfast.load gives OpenAI and open_clip checkpoints) tokenizes as open_clip's
     SimpleTokenizer does, HTML entities, ligatures and mojibake included; special-token strings in the text aside
     (open_clip 3 spells them <start_of_text>/<end_of_text>)."""
-    open_clip = pytest.importorskip("open_clip")
-    reference = open_clip.get_tokenizer("ViT-B-32")
+    theirs = reference("open_clip").get_tokenizer("ViT-B-32")
     cls = clipfast.CLIPTokenizerFast if kind == "fast" else clipfast.CLIPTokenizer
     tok = cls.from_openai_vocab(text_cleaning="openai")
     sample = [t for t in texts if "<|" not in t and "_of_text>" not in t][:3000]
     sample += ["Tom &amp; Jerry", "<b>&amp;</b> cats", "5 &lt; 6 &amp;amp;", "ﬁne dining", "cafÃ©", "Ｆｕｌｌ",
                "“quotes”"]
     got = tok(sample, add_special_tokens=False)["input_ids"]
-    mismatches = [t for t, ids in zip(sample, got) if ids != reference.encode(t)]
+    mismatches = [t for t, ids in zip(sample, got) if ids != theirs.encode(t)]
     assert not mismatches, mismatches[:5]
     assert tok.tokenize("Tom &amp; Jerry") == ["tom</w>", "&</w>", "jerry</w>"]
     plain = cls.from_openai_vocab()
@@ -431,6 +459,19 @@ def test_text_cleaning_is_saved_and_checked(tmp_path) -> None:
     tok.save_pretrained(tmp_path)
     for cls in (clipfast.CLIPTokenizerFast, clipfast.CLIPTokenizer):
         assert cls.from_pretrained(tmp_path).text_cleaning == "openai"
-    assert transformers.CLIPTokenizerFast.from_pretrained(tmp_path)("a cat").input_ids == [49406, 320, 2368, 49407]
     with pytest.raises(InputError, match="text_cleaning='nfkc'"):
         clipfast.CLIPTokenizer.from_openai_vocab(text_cleaning="nfkc")
+
+
+def test_text_cleaning_key_loads_in_transformers(tmp_path) -> None:
+    transformers = reference("transformers")
+    clipfast.CLIPTokenizerFast.from_openai_vocab(text_cleaning="openai").save_pretrained(tmp_path)
+    assert transformers.CLIPTokenizerFast.from_pretrained(tmp_path)("a cat").input_ids == [49406, 320, 2368, 49407]
+
+
+def test_text_cleaning_helpers() -> None:
+    from clipfast.text_cleaning import basic_clean, openai_clean
+
+    assert openai_clean("Tom &amp;amp; Jerry\t ") == "Tom & Jerry"
+    assert openai_clean("  plain   ascii ") == "plain ascii"  # no ftfy needed: only whitespace changes
+    assert basic_clean("Naïve  CAFÉ\t\x00生活") == "naïve café 生 活"

@@ -1,16 +1,35 @@
-"""Shared test data for the tokenizer tests: Hub-format files built from open_clip's copy of OpenAI's vocabulary,
-and a corpus of >= 10,000 varied texts. Everything is built once per process and cached."""
+"""Shared test data for the tokenizer tests: Hub-format files built by transformers from OpenAI's vocabulary
+(:func:`hub_dir`, for parity tests) or by clipfast from its shipped copy (:func:`shipped_dir`), a corpus of
+>= 10,000 varied texts, and the tiny model folder the CLI and server tests load (:func:`write_tiny_clip`).
+Everything is built once per process and cached."""
 
 from __future__ import annotations
 
 import ast
 import gzip
+import importlib.util
 import json
 import os
 import random
 import tempfile
 from functools import lru_cache
 from pathlib import Path
+
+from helpers import has_reference, reference
+
+# the pure-Python and the Hub vocabularies are the same 48,894 merges; OpenAI's file has a header line
+_NUM_MERGES = 49152 - 256 - 2
+
+
+def _openai_gz() -> Path:
+    """OpenAI's bpe_simple_vocab_16e6.txt.gz: open_clip's copy when installed, else the data file clipfast ships
+    (the same bytes: test_shipped_gz_is_open_clips_copy), read here as data, not through clipfast's code."""
+    spec = importlib.util.find_spec("open_clip")
+    if spec is not None and spec.origin:
+        return Path(spec.origin).parent / "bpe_simple_vocab_16e6.txt.gz"
+    import clipfast
+
+    return Path(clipfast.__file__).parent / "data" / "bpe_simple_vocab_16e6.txt.gz"
 
 
 @lru_cache(maxsize=1)
@@ -19,13 +38,10 @@ def hub_dir() -> str:
     tokenizer.json, tokenizer_config.json, special_tokens_map.json), written by transformers from open_clip's gz.
 
     vocab/merges are built here independently of clipfast (spec §4.2), so that clipfast's converter is tested
-    against them.
+    against them. Skips the calling test without transformers.
     """
-    import open_clip
-    from transformers import CLIPTokenizerFast
-
-    gz = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
-    lines = gzip.open(gz).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
+    transformers = reference("transformers")
+    lines = gzip.open(_openai_gz()).read().decode("utf-8").split("\n")[1 : _NUM_MERGES + 1]
     merges = [tuple(line.split()) for line in lines]
     keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     rest = [b for b in range(256) if b not in keep]
@@ -38,8 +54,20 @@ def hub_dir() -> str:
     with open(os.path.join(raw, "merges.txt"), "w", encoding="utf-8") as f:
         f.write("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
     out = tempfile.mkdtemp(prefix="clip_hub_tokenizer_")
-    CLIPTokenizerFast(os.path.join(raw, "vocab.json"), os.path.join(raw, "merges.txt"),
-                      model_max_length=77).save_pretrained(out)
+    transformers.CLIPTokenizerFast(os.path.join(raw, "vocab.json"), os.path.join(raw, "merges.txt"),
+                                   model_max_length=77).save_pretrained(out)
+    return out
+
+
+@lru_cache(maxsize=1)
+def shipped_dir() -> str:
+    """A folder of tokenizer files that clipfast writes from the vocabulary it ships (vocab.json, merges.txt,
+    tokenizer.json, tokenizer_config.json with model_max_length 77, special_tokens_map.json): what the tests of
+    clipfast's own behaviour load, with no reference library installed."""
+    import clipfast
+
+    out = tempfile.mkdtemp(prefix="clip_shipped_tokenizer_")
+    clipfast.CLIPTokenizerFast.from_openai_vocab().save_pretrained(out)
     return out
 
 
@@ -75,13 +103,20 @@ def _captions(rng: random.Random, n: int) -> list[str]:
     return out
 
 
-def _prose(limit: int) -> list[str]:
-    """Docstring paragraphs from installed packages (transformers, tokenizers, ftfy, regex, json...)."""
-    import ftfy
-    import transformers
+def _package_dir(name: str) -> Path | None:
+    """The folder of an installed package, without importing it (None when it is not installed)."""
+    spec = importlib.util.find_spec(name)
+    return Path(spec.origin).parent if spec is not None and spec.origin else None
 
-    roots = [Path(transformers.__file__).parent / "models" / "clip", Path(transformers.__file__).parent / "utils",
-             Path(ftfy.__file__).parent, Path(json.__file__).parent, Path(ast.__file__).parent / "email"]
+
+def _prose(limit: int) -> list[str]:
+    """Docstring paragraphs from installed packages (transformers, ftfy, json, email; more of the standard
+    library when transformers is missing, so the corpus keeps its size on a plain install)."""
+    transformers, ftfy, stdlib = _package_dir("transformers"), _package_dir("ftfy"), Path(ast.__file__).parent
+    roots = [transformers / "models" / "clip", transformers / "utils"] if transformers else []
+    roots += [root for root in (ftfy, Path(json.__file__).parent, stdlib / "email") if root is not None]
+    if transformers is None:
+        roots += [stdlib / name for name in ("asyncio", "concurrent/futures", "http", "urllib", "logging")]
     out: list[str] = []
     for root in roots:
         for path in sorted(root.glob("*.py")):
@@ -119,22 +154,30 @@ def corpus() -> tuple[str, ...]:
     return tuple(texts)
 
 
+TINY_TEXT = dict(vocab_size=49408, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                 max_position_embeddings=77)
+TINY_VISION = dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                   num_attention_heads=4)
+
+
 def write_tiny_clip(folder: Path) -> Path:
     """A tiny random CLIPModel (32x32 images, projection 16) with the real tokenizer files and a matching
-    preprocessor_config.json, saved by transformers into ``folder``: what a CLI or server test loads by path."""
+    preprocessor_config.json, saved into ``folder``: what a CLI or server test loads by path. transformers
+    writes it when installed (so the folder is the reference's own); else clipfast writes the same files."""
     import torch
-    import transformers
 
     torch.manual_seed(0)
-    config = transformers.CLIPConfig(
-        text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=77),
-        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                           num_attention_heads=4),
-        projection_dim=16)
-    transformers.CLIPModel(config).save_pretrained(folder)
-    transformers.CLIPProcessor(
-        image_processor=transformers.CLIPImageProcessor(size={"shortest_edge": 32},
-                                                        crop_size={"height": 32, "width": 32}),
-        tokenizer=transformers.CLIPTokenizerFast.from_pretrained(hub_dir())).save_pretrained(folder)
+    if has_reference("transformers"):
+        import transformers as library
+
+        tokenizer = library.CLIPTokenizerFast.from_pretrained(hub_dir())
+    else:
+        import clipfast as library
+
+        tokenizer = library.CLIPTokenizerFast.from_openai_vocab()
+    config = library.CLIPConfig(text_config=dict(TINY_TEXT), vision_config=dict(TINY_VISION), projection_dim=16)
+    library.CLIPModel(config).save_pretrained(folder)
+    library.CLIPProcessor(
+        image_processor=library.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        tokenizer=tokenizer).save_pretrained(folder)
     return folder
