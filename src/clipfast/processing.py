@@ -168,7 +168,7 @@ class CLIPProcessor:
 
 def _is_pixels(value: Any) -> bool:
     """A PIL image, array or tensor, or a non-empty (nested) list of them."""
-    from clipfast.image_processing import _is_image
+    from clipfast.image_utils import _is_image
 
     if isinstance(value, (list, tuple)):
         return bool(value) and all(_is_pixels(v) for v in value)
