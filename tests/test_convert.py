@@ -37,6 +37,18 @@ ATOL = 1e-5
 OPENAI_MEAN = list(OPENAI_CLIP_MEAN)
 
 
+@pytest.fixture
+def cli_env():
+    """``main()`` quiets huggingface_hub for its process (HF_HUB_VERBOSITY); called in-process here, the variable
+    is put back as it was after the test."""
+    before = os.environ.get("HF_HUB_VERBOSITY")
+    yield
+    if before is None:
+        os.environ.pop("HF_HUB_VERBOSITY", None)
+    else:
+        os.environ["HF_HUB_VERBOSITY"] = before
+
+
 def assert_same(ours: dict, ref: dict) -> None:
     for name in ("image", "text", "logits"):
         torch.testing.assert_close(ours[name], ref[name], atol=ATOL, rtol=1e-4, msg=lambda m: f"{name}: {m}")
@@ -250,6 +262,7 @@ def test_pipeline_takes_an_openai_file(tmp_path):
 
 
 @pytest.mark.parametrize("source_kind", ["openai_torchscript", "open_clip_folder"])
+@pytest.mark.usefixtures("cli_env")
 def test_convert_to_hf_loads_in_transformers_and_clipfast(openai_model, gelu_model, tmp_path, source_kind):
     transformers = import_reference("transformers")
 
@@ -277,6 +290,7 @@ def test_convert_to_hf_loads_in_transformers_and_clipfast(openai_model, gelu_mod
         assert_same(clipfast_outputs(model, pixels, ids), expected)
 
 
+@pytest.mark.usefixtures("cli_env")
 def test_round_trip_to_openai_loads_in_open_clip(openai_model, tmp_path):
     open_clip = import_reference("open_clip")
     save_torchscript(openai_model, tmp_path / "orig.pt")
@@ -297,6 +311,7 @@ def test_round_trip_to_openai_loads_in_open_clip(openai_model, tmp_path):
     assert loaded.visual.transformer.resblocks[0].attn.num_heads == 2
 
 
+@pytest.mark.usefixtures("cli_env")
 def test_round_trip_to_open_clip_loads_in_open_clip(gelu_model, tmp_path):
     """gelu + truncating MLP ratios: the config written back rebuilds exactly the same widths."""
     open_clip = import_reference("open_clip")
@@ -312,6 +327,7 @@ def test_round_trip_to_open_clip_loads_in_open_clip(gelu_model, tmp_path):
     assert not written["model_cfg"]["quick_gelu"]
 
 
+@pytest.mark.usefixtures("cli_env")
 def test_hf_folder_without_processor_to_open_clip_uses_the_image_size(tmp_path):
     """A folder from model.save_pretrained alone: the open_clip preprocess size is the model's image size."""
     config = clipfast.CLIPConfig(text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=37,
@@ -641,6 +657,7 @@ def _replace_members(source, destination, replace):
 
 
 @pytest.mark.parametrize("protocol", [2, 4])  # GLOBAL and STACK_GLOBAL opcodes
+@pytest.mark.usefixtures("cli_env")
 def test_torchscript_archive_with_planted_pickle_is_refused(tmp_path, capsys, protocol):
     good = save_module_archive(openai_state_dict(), tmp_path / "good.pt")
     marker = tmp_path / "pwned"
@@ -717,6 +734,7 @@ def test_plain_pt_with_planted_pickle_is_refused(tmp_path):
 # command line
 
 
+@pytest.mark.usefixtures("cli_env")
 def test_cli_errors_are_one_line_with_exit_codes(tmp_path, capsys):
     assert main(["convert", "--help"]) == 0
     assert "--to {hf,openai,open_clip}" in capsys.readouterr().out
