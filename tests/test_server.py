@@ -321,3 +321,349 @@ def test_the_serve_command(model_dir):
         if proc.poll() is None:
             proc.kill()
         proc.stderr.close()
+
+
+# -- dynamic batching -------------------------------------------------------------------------------------------
+
+
+def test_the_batcher_splits_and_joins_requests():
+    from clipfast.batching import DynamicBatcher
+
+    calls: list[list[int]] = []
+    gate = threading.Lock()
+
+    def run(items):
+        calls.append(list(items))
+        return [item * 10 for item in items]
+
+    batcher = DynamicBatcher(run, max_batch_size=4, max_wait_ms=0, lock=gate)
+    try:
+        results: dict[int, list[int]] = {}
+        with gate:  # hold the model: every request queues, then the batches form from the whole queue
+            threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, batcher.submit(
+                list(range(100 * i, 100 * i + i + 1))))) for i in range(4)]  # 1, 2, 3 and 4 items
+            for thread in threads:
+                thread.start()
+            for _ in range(3000):
+                if batcher.queued() == 10:
+                    break
+                threading.Event().wait(0.02)
+        for thread in threads:
+            thread.join(30)
+        assert results == {i: [10 * x for x in range(100 * i, 100 * i + i + 1)] for i in range(4)}
+        assert sorted(len(call) for call in calls) == [2, 4, 4] and batcher.calls == 3 and batcher.items_run == 10
+        assert batcher.submit([]) == [] and batcher.pending() == 0
+    finally:
+        batcher.close(10)
+
+
+def test_the_batcher_hands_errors_to_each_request_and_goes_on():
+    from clipfast.batching import DynamicBatcher
+
+    def run(items):
+        if "bad" in items:
+            raise RuntimeError("boom")
+        return items
+
+    batcher = DynamicBatcher(run, max_batch_size=8, max_wait_ms=0)
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            batcher.submit(["ok", "bad"])
+        assert batcher.submit(["fine"]) == ["fine"]
+    finally:
+        batcher.close(10)
+
+
+def test_the_batcher_queue_is_bounded():
+    from clipfast.batching import DynamicBatcher, QueueFull
+
+    batcher = DynamicBatcher(lambda items: items, max_queue=3)
+    try:
+        with batcher.admit(2):
+            with batcher.admit(1):
+                with pytest.raises(QueueFull, match="full") as caught:
+                    with batcher.admit(1):
+                        pass
+                assert caught.value.retry_after >= 1
+            assert batcher.pending() == 2
+        with batcher.admit(10):  # an empty queue takes a request larger than max_queue
+            assert batcher.pending() == 10
+    finally:
+        batcher.close(10)
+    with pytest.raises(QueueFull, match="shutting down"):
+        batcher.submit([1])
+
+
+def _single_answers(clip, requests):
+    """What each request gets from the pipeline alone (no server, no batching)."""
+    from clipfast.image_io import load_image
+
+    want = []
+    for path, body in requests:
+        if path == "/embed":
+            out = {}
+            if "texts" in body:
+                out["text_embeddings"] = clip.text_embeddings(body["texts"])
+            if "images" in body:
+                out["image_embeddings"] = clip.image_embeddings(
+                    [load_image(base64.b64decode(item)) for item in body["images"]])
+            want.append(out)
+        elif path == "/v1/embeddings":
+            want.append(clip.text_embeddings(body["input"]))
+        else:
+            want.append(clip([load_image(base64.b64decode(item)) for item in body["images"]],
+                             candidate_labels=body["labels"]))
+    return want
+
+
+def _assert_same(path, got, want):
+    if path == "/embed":
+        assert set(got) - {"dim"} == set(want)
+        for key, value in want.items():
+            assert torch.allclose(torch.tensor(got[key]), value, atol=1e-5, rtol=0), key
+    elif path == "/v1/embeddings":
+        assert torch.allclose(torch.tensor([row["embedding"] for row in got["data"]]), want, atol=1e-5, rtol=0)
+    else:
+        assert len(got["results"]) == len(want)
+        for got_ranked, want_ranked in zip(got["results"], want):
+            scores = {entry["label"]: entry["score"] for entry in want_ranked}
+            assert sorted(e["label"] for e in got_ranked) == sorted(scores)
+            assert all(abs(entry["score"] - scores[entry["label"]]) <= 1e-5 for entry in got_ranked)
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(clip):
+    """16 clients at once (texts, images, both, OpenAI texts, classification): the model runs one call per
+    modality, and every answer equals what the request gets alone, within 1e-5."""
+    requests = []
+    for i in range(16):
+        kind = i % 4
+        if kind == 0:
+            requests.append(("/embed", {"texts": [f"photo number {i}", f"a cat {i}"][: 1 + i % 2]}))
+        elif kind == 1:
+            requests.append(("/embed", {"images": [_b64(_png(100 + i, (30 + i, 40)))] * (1 + i % 3)}))
+        elif kind == 2:
+            requests.append(("/embed", {"texts": [f"dog {i}"], "images": [_b64(_png(200 + i))]}))
+        else:
+            requests.append(("/v1/embeddings", {"input": [f"word {i}", "a red car"]}) if i % 8 == 3 else
+                            ("/classify", {"images": [_b64(_png(300 + i))], "labels": ["cat", f"dog {i}", "car"]}))
+    want = _single_answers(clip, requests)
+    server = _serve(clip, max_batch_size=64, max_wait_ms=0)
+    service, client = server.service, _Client(server)
+    try:
+        got: dict[int, tuple[int, dict]] = {}
+        texts_before, images_before = service.texts.calls, service.images.calls
+        with service.model_lock:  # the model is busy: every request queues, then runs in one call per modality
+            threads = [threading.Thread(target=lambda i=i: got.__setitem__(i, client(*requests[i])))
+                       for i in range(len(requests))]
+            for thread in threads:
+                thread.start()
+            for _ in range(3000):  # (at most 60 s)
+                if service.texts.queued() == 18 and service.images.queued() == 14:
+                    break
+                threading.Event().wait(0.02)
+        for thread in threads:
+            thread.join(60)
+        assert service.texts.calls - texts_before == 1 and service.images.calls - images_before == 1
+        for i, (path, _) in enumerate(requests):
+            status, out = got[i]
+            assert status == 200, out
+            _assert_same(path, out, want[i])
+    finally:
+        server.shutdown()
+        server.server_close()
+        server.service.close()
+
+
+def test_batching_off_gives_the_same_answers(clip):
+    requests = [("/embed", {"texts": ["a cat", "two dogs"], "images": [_b64(_png(1)), _b64(_png(2))]})]
+    want = _single_answers(clip, requests)
+    server = _serve(clip, max_batch_size=1)
+    try:
+        status, out = _Client(server)(*requests[0])
+        assert status == 200
+        _assert_same("/embed", out, want[0])
+        assert server.service.images.calls == 2 and server.service.texts.calls == 2  # one item per call
+    finally:
+        server.shutdown()
+        server.server_close()
+        server.service.close()
+
+
+def test_a_full_queue_answers_503_with_retry_after(clip):
+    import http.client
+
+    server = _serve(clip, max_queue=2)
+    service, client = server.service, _Client(server)
+    try:
+        answers: list = []
+        with service.model_lock:
+            threads = [threading.Thread(target=lambda: answers.append(client("/embed", {"texts": ["a cat"]})))
+                       for _ in range(2)]
+            for thread in threads:
+                thread.start()
+            for _ in range(3000):
+                if service.texts.pending() == 2:
+                    break
+                threading.Event().wait(0.02)
+            connection = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=30)
+            connection.request("POST", "/embed", body=json.dumps({"texts": ["one more"]}))
+            response = connection.getresponse()
+            payload = json.loads(response.read())
+            connection.close()
+        for thread in threads:
+            thread.join(60)
+        assert response.status == 503 and "queue is full" in payload["error"]
+        assert int(response.getheader("Retry-After")) >= 1
+        assert [status for status, _ in answers] == [200, 200]
+    finally:
+        server.shutdown()
+        server.server_close()
+        service.close()
+
+
+def test_sigterm_answers_the_requests_in_flight_then_exits(model_dir):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPFAST_")}
+    env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    # a request waits up to 3 s for company: it is still in flight when SIGTERM comes
+    proc = subprocess.Popen([sys.executable, "-m", "clipfast", "serve", "--model", str(model_dir), "--port", "0",
+                             "--max-wait-ms", "3000"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()
+        assert "serving" in line, line
+        url = line.split(" on ")[1].split()[0]
+        answer: list = []
+        request = urllib.request.Request(url + "/embed", data=json.dumps({"texts": ["a cat"]}).encode())
+        thread = threading.Thread(target=lambda: answer.append(urllib.request.urlopen(request, timeout=60).read()))
+        thread.start()
+        threading.Event().wait(1.0)
+        proc.send_signal(signal.SIGTERM)
+        thread.join(60)
+        assert proc.wait(timeout=60) == 0
+        assert len(json.loads(answer[0])["text_embeddings"][0]) == 16
+        assert "stopped (SIGTERM)" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stderr.close()
+
+
+# -- search, thumbnails and the page ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def indexed(clip, tmp_path_factory):
+    """An image index of 6 PNG files (ids: their paths), a URL id and a text file posing as an image."""
+    from clipfast.image_io import load_image
+    from clipfast.index import IndexWriter
+
+    folder = tmp_path_factory.mktemp("gallery")
+    paths = []
+    for i in range(6):
+        path = folder / f"photo {i}.png"
+        path.write_bytes(_png(400 + i, (60 + 10 * i, 50)))
+        paths.append(str(path))
+    (folder / "notes.txt").write_text("not an image")
+    ids = paths + ["http://127.0.0.1:9/remote.jpg", str(folder / "notes.txt")]
+    vectors = clip.image_embeddings([load_image(p) for p in paths] + [load_image(_png(9)), load_image(_png(10))])
+    with IndexWriter(folder / "index", {"model": "tiny", "kind": "image", "dim": 16}) as writer:
+        writer.append(ids, vectors.numpy())
+    return folder / "index", ids, vectors
+
+
+@pytest.fixture(scope="module")
+def search_server(clip, indexed):
+    server = _serve(clip, index=str(indexed[0]), max_items=50)
+    yield server
+    server.shutdown()
+    server.server_close()
+    server.service.close()
+
+
+def test_search_by_text_image_embedding_and_row(search_server, indexed, clip):
+    client, (_, ids, vectors) = _Client(search_server), indexed
+    status, info = client("/info")
+    assert status == 200 and info["index"] == {"rows": 8, "kind": "image", "model": "tiny",
+                                                  "search": "exact"}
+    status, results = client("/search", {"text": "a photo of a cat", "k": 3})
+    scores = vectors @ clip.text_embeddings(["a photo of a cat"])[0]
+    best = scores.argsort(descending=True)[:3].tolist()
+    assert status == 200 and [r["row"] for r in results] == best and [r["id"] for r in results] == [ids[i] for i in best]
+    assert np.allclose([r["score"] for r in results], scores[best].numpy(), atol=1e-5)
+    with open(ids[2], "rb") as handle:
+        status, results = client("/search", {"image": "data:image/png;base64," + _b64(handle.read())})
+    assert status == 200 and len(results) == 8 and results[0]["id"] == ids[2] and results[0]["score"] > 0.9999
+    status, results = client("/search", {"embedding": (3 * vectors[4]).tolist(), "k": 1})
+    assert status == 200 and [r["row"] for r in results] == [4] and abs(results[0]["score"] - 1) < 1e-5
+    status, results = client("/search", {"row": 5, "k": 2})
+    assert status == 200 and results[0]["row"] == 5 and len(results) == 2
+
+
+@pytest.mark.parametrize("body, match", [
+    ({}, 'Give one of "text"'),
+    ({"text": "a", "row": 1}, "got 'text', 'row'"),
+    ({"text": "a", "k": 0}, '"k" must be an integer from 1 to 50'),
+    ({"text": "a", "k": "3"}, '"k" must be'),
+    ({"text": "a", "k": 51}, '"k" must be'),
+    ({"text": 3}, '"text" must be a string'),
+    ({"text": "word " * 100}, "tokens long"),
+    ({"image": "@@@"}, "base64"),
+    ({"image": "/etc/passwd"}, "does not read file paths"),
+    ({"embedding": [0.1] * 15}, "list of 16 numbers"),
+    ({"embedding": [0.0] * 16}, "not all zeros"),
+    ({"embedding": ["a"] * 16}, "list of 16 numbers"),
+    ({"row": 8}, '"row" must be an indexed row, 0 to 7'),
+    ({"row": True}, '"row" must be'),
+    ({"query": "a"}, "Unknown field"),
+])
+def test_bad_searches_are_400(search_server, body, match):
+    import re
+
+    status, out = _Client(search_server)("/search", body)
+    assert status == 400 and re.search(match, out["error"]), out
+
+
+def test_without_an_index_there_is_no_search(client):
+    status, out = client("/search", {"text": "a"})
+    assert status == 404 and "No endpoint /search" in out["error"]
+    assert client("/thumbnail?row=0")[0] == 404
+
+
+def test_thumbnails_only_for_indexed_images(search_server, indexed):
+    _, ids, _ = indexed
+    url = _Client(search_server).url
+    for query in ("row=0", "id=" + urllib.parse.quote(ids[1], safe="")):
+        with urllib.request.urlopen(f"{url}/thumbnail?{query}", timeout=30) as response:
+            assert response.headers["Content-Type"] == "image/jpeg"
+            image = Image.open(io.BytesIO(response.read()))
+            assert image.format == "JPEG" and max(image.size) <= 256
+
+
+@pytest.mark.parametrize("target", [
+    "/thumbnail?id=../../../../etc/passwd", "/thumbnail?id=%2Fetc%2Fpasswd", "/thumbnail?id=/etc/passwd",
+    "/thumbnail?id=..%2f..%2fetc%2fpasswd", "/thumbnail?row=8", "/thumbnail?row=-1", "/thumbnail?row=1e0",
+    "/thumbnail?row=0&id=x", "/thumbnail?row=0&row=1", "/thumbnail", "/thumbnail?row=6", "/thumbnail?row=7",
+    "/thumbnail/../../etc/passwd", "/thumbnail/%2e%2e/%2e%2e/etc/passwd", "/static/../server.py",
+    "/static/%2e%2e%2fserver.py", "/static/..%2f..%2fserver.py", "//etc/passwd", "/etc/passwd",
+    "/static/index.html/..", "/..%2f..%2fetc%2fpasswd",
+])
+def test_nothing_but_indexed_images_is_served(search_server, target):
+    """Thumbnails are named by an indexed id or row; a path in any spelling, a URL id (row 6, never fetched) or
+    an indexed file that is not an image (row 7) is a 404, with JSON."""
+    line, body = _raw(_Client(search_server), f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                      .encode())
+    assert line.split()[1] == b"404", (target, line, body)
+    assert json.loads(body)["error"] and b"root:" not in body
+
+
+def test_the_page_is_served_with_no_external_urls(search_server):
+    import re
+
+    url = _Client(search_server).url
+    seen = {}
+    for path, kind in (("/", "text/html"), ("/static/app.js", "text/javascript"), ("/static/style.css", "text/css")):
+        with urllib.request.urlopen(url + path, timeout=30) as response:
+            assert response.status == 200 and response.headers["Content-Type"].startswith(kind)
+            seen[path] = response.read().decode("utf-8")
+        assert not re.search(r"(?i)https?://|[\"'(=]\s*//\w|@import", seen[path]), path  # no CDN, no other host
+    assert 'src="/static/app.js"' in seen["/"] and 'href="/static/style.css"' in seen["/"]
+    assert all(word in seen["/"] for word in ('type="file"', 'type="search"', 'id="results"'))

@@ -587,50 +587,67 @@ def _add_convert(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Serve embeddings and zero-shot classification over HTTP (JSON).
+    """Serve embeddings, zero-shot classification and (with --index) search over HTTP (JSON), with a web page.
 
-    Endpoints: GET /health, GET /info, POST /embed {"texts": [...], "images": [...]}, POST /classify
-    {"images": [...], "labels": [...]}, and POST /v1/embeddings (OpenAI's request and response, for texts).
-    Images are base64 or data URIs; http(s) URLs only with --allow-urls; file paths never. Listens on
-    127.0.0.1 unless --host says otherwise. Stop with Ctrl-C.
+    Endpoints: GET / (the page), GET /health, GET /info, POST /embed {"texts": [...], "images": [...]},
+    POST /classify {"images": [...], "labels": [...]}, POST /v1/embeddings (OpenAI's request and response, for
+    texts), and with --index DIR: POST /search {"text" | "image" | "embedding" | "row": ..., "k": 10}. Concurrent
+    requests are batched: one model call per modality for up to --max-batch-size items, started at the latest
+    --max-wait-ms after the first arrives. Images are base64 or data URIs; http(s) URLs only with --allow-urls;
+    file paths never. Listens on 127.0.0.1 unless --host says otherwise. Ctrl-C or SIGTERM stops it after the
+    requests in flight are answered.
     """
     import logging
 
-    from clipfast.server import make_server
+    from clipfast.server import make_server, serve_until_stopped
 
     _check_batch_size(args)
     max_body = args.max_body_mb * 1024 * 1024
     if not 0 <= args.port <= 65535 or not (math.isfinite(max_body) and max_body >= 1) or args.max_items < 1:
         args.parser.error("--port must be 0-65535, --max-body-mb a positive number and --max-items at least 1")
+    batch = args.max_batch_size if args.max_batch_size is not None else args.batch_size
+    if batch < 1 or args.max_queue < 1 or not (math.isfinite(args.max_wait_ms) and 0 <= args.max_wait_ms <= 60000):
+        args.parser.error("--max-batch-size and --max-queue must be at least 1, --max-wait-ms 0-60000")
+    if args.index is not None and not os.path.isdir(args.index):
+        args.parser.error(f"--index {args.index!r} is not a folder (an index written by `clipfast embed --out`)")
     model = _model_name(args)
     clip = _load_pipeline(model, args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     try:
         server = make_server(clip, host=args.host, port=args.port, model_name=model, allow_urls=args.allow_urls,
-                             max_body=int(max_body), max_items=args.max_items,
-                             batch_size=args.batch_size)
+                             max_body=int(max_body), max_items=args.max_items, max_batch_size=batch,
+                             max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, index=args.index)
     except OSError as exc:
         raise ClipfastError(f"Cannot listen on {args.host}:{args.port}: {exc.strerror or exc}.") from None
     host, port = server.server_address[:2]
-    print(f"clipfast: serving {model} on http://{host}:{port} (Ctrl-C stops)", file=sys.stderr, flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        print("clipfast: stopped", file=sys.stderr)
-    finally:
-        server.server_close()
+    what = f"{model} and the index {args.index}" if args.index else model
+    print(f"clipfast: serving {what} on http://{host}:{port} (Ctrl-C stops)", file=sys.stderr, flush=True)
+    interrupted = serve_until_stopped(server)
+    print("clipfast: stopped" if interrupted else "clipfast: stopped (SIGTERM)", file=sys.stderr)
     return 0
 
 
 def add_serve_parser(subparsers: Any) -> None:
+    from clipfast.batching import DEFAULT_MAX_QUEUE, DEFAULT_MAX_WAIT_MS  # (a light module: numbers only)
+
     parser = _subparser(subparsers, "serve", cmd_serve)
     _add_model_options(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
+    parser.add_argument("--index", metavar="DIR", help="an index folder to search (POST /search and the web page)")
     parser.add_argument("--allow-urls", action="store_true", help="fetch http(s) image URLs that clients send")
     parser.add_argument("--max-body-mb", type=float, default=64, help="largest request body (default: 64)")
     parser.add_argument("--max-items", type=int, default=1024,
                         help="most texts, images and labels per request (default: 1024)")
+    parser.add_argument("--max-batch-size", type=int, default=None,
+                        help="most texts or images per model call, from all requests together (default: "
+                             "--batch-size, 32; 1 turns batching off)")
+    parser.add_argument("--max-wait-ms", type=float, default=DEFAULT_MAX_WAIT_MS,
+                        help=f"how long a request waits for others to share its model call (default: "
+                             f"{DEFAULT_MAX_WAIT_MS:g})")
+    parser.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
+                        help=f"most texts or images waiting; beyond it requests get 503 + Retry-After (default: "
+                             f"{DEFAULT_MAX_QUEUE})")
 
 
 # further commands register themselves here: one _add_* function each

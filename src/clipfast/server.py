@@ -1,28 +1,33 @@
-"""``clipfast serve``: an HTTP JSON API for embeddings and zero-shot classification, over the pipeline.
+"""``clipfast serve``: an HTTP JSON API for embeddings, zero-shot classification and search, and a web page.
 
-Standard library only (``http.server``): one thread per connection, images decoded outside the model lock, one
-model call at a time (each already uses every core). :class:`ClipService` holds the logic on plain dicts, so it
-runs and is tested without sockets; :func:`make_server` puts HTTP around it.
+Standard library only (``http.server``): one thread per connection decodes and preprocesses its request's images;
+the texts and images of concurrent requests are then batched (:mod:`clipfast.batching`): one model call per
+modality runs the items of many requests, and each request gets back its own rows. :class:`ClipService` holds the
+logic on plain dicts, so it runs and is tested without sockets; :func:`make_server` puts HTTP around it.
 
-Endpoints (JSON in, JSON out; errors are ``{"error": "..."}`` with a 4xx status):
+Endpoints (JSON in, JSON out; errors are ``{"error": "..."}`` with a 4xx status, or 503 with ``Retry-After``
+when the queue is full):
 
 - ``GET /health``: ``{"status": "ok"}``.
-- ``GET /info``: the model, its embedding size, image size, context length, device and dtype.
+- ``GET /info``: the model, its embedding size, image size, context length, device and dtype (and the index).
 - ``POST /embed``: ``{"texts": [...], "images": [...], "truncate": false}`` -> ``{"text_embeddings": [[...]],
   "image_embeddings": [[...]], "dim": E}``; L2-normalised, in input order; either list may be left out.
 - ``POST /classify``: ``{"images": [...], "labels": [...], "top_k": null, "hypothesis_template": "..."}`` ->
   ``{"results": [[{"label", "score"}, ...], ...]}``, one ranked list per image, as the pipeline returns.
 - ``POST /v1/embeddings``: OpenAI's embeddings request for texts (``input``: a string or a list of strings,
   ``encoding_format``: ``"float"`` or ``"base64"``) and its response shape.
+- With an index: ``POST /search`` ``{"text" | "image" | "embedding" | "row": ..., "k": 10}`` ->
+  ``[{"id", "score", "row", ...metadata}]``, and ``GET /thumbnail?row=N`` (or ``?id=ID``) for indexed images.
+- ``GET /``: the web page (search, or zero-shot classification without an index).
 
 Images are base64 strings or ``data:image/...;base64,`` URIs. http(s) URLs are fetched only when the server was
 started with ``allow_urls=True`` (a server that fetches any URL a client names can be made to probe its own
 network), and local file paths are never read. A text longer than the model's context is an error unless the
-request says ``"truncate": true``.
+request says ``"truncate": true``. docs/serving.md describes the protocol and the batching.
 
 Example:
     >>> server = make_server(clipfast.pipeline(model="openai/clip-vit-base-patch32"), port=8000)  # doctest: +SKIP
-    >>> server.serve_forever()                                                                      # doctest: +SKIP
+    >>> serve_until_stopped(server)                                                                # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -30,22 +35,30 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
+import signal
 import socket
 import threading
 import urllib.parse
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Callable
 
+from clipfast.batching import (DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE, DEFAULT_MAX_WAIT_MS, DynamicBatcher,
+                               QueueFull)
 from clipfast.errors import ClipfastError
+from clipfast.gallery import WEB_FILES, open_gallery, web_file
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY = 64 * 1024 * 1024  # base64 images are ~4/3 of their files
 DEFAULT_MAX_ITEMS = 1024
+DEFAULT_DRAIN_SECONDS = 30.0  # how long a stopping server waits for the requests in flight
 _READ_TIMEOUT = 30.0  # seconds a client may take to send its request: a stalled client frees its thread
 _IMAGE_HINT = " Images are base64 strings or data:image/...;base64, URIs; this server does not read file paths."
 _DRAIN_LIMIT = 64 * 1024 * 1024  # bytes of a refused body read and dropped, so that its sender sees the answer
@@ -59,35 +72,65 @@ class RequestError(ClipfastError, ValueError):
         self.status = int(status)
 
 
+@dataclass
+class _Raw:
+    """An answer that is not JSON: a page, a script, a thumbnail."""
+
+    content_type: str
+    data: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
 class ClipService:
-    """The API on plain dicts: each public method takes a parsed JSON body and returns a JSON-ready dict.
+    """The API on plain dicts: each public method takes a parsed JSON body and returns a JSON-ready value.
+
+    Texts and images of concurrent requests go through two :class:`~clipfast.batching.DynamicBatcher` queues (one
+    model call per modality and batch), which share one lock: one model call at a time.
 
     Args:
         clip: a :class:`~clipfast.pipelines.ZeroShotImageClassificationPipeline` (model, tokenizer, processor).
         model_name: what ``/info`` and ``/v1/embeddings`` call the model.
         allow_urls: fetch http(s) image URLs (off by default, see the module docstring).
         max_items: most texts plus images one request may carry.
-        batch_size: texts or images per model call.
+        max_batch_size: most texts or images per model call (1: no batching across requests).
+        max_wait_ms: how long a queued item waits for others before its batch runs anyway.
+        max_queue: most texts or images (each) admitted and not yet answered; beyond it, 503.
+        index: an index folder (or an opened index) that ``search`` answers from.
     """
 
     def __init__(self, clip: Any, model_name: str = "clip", allow_urls: bool = False,
-                 max_items: int = DEFAULT_MAX_ITEMS, batch_size: int = 32) -> None:
+                 max_items: int = DEFAULT_MAX_ITEMS, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+                 max_wait_ms: float = DEFAULT_MAX_WAIT_MS, max_queue: int = DEFAULT_MAX_QUEUE,
+                 index: Any = None) -> None:
         self.clip = clip
         self.model_name = model_name
         self.allow_urls = allow_urls
         self.max_items = max_items
-        self.batch_size = max(1, batch_size)
-        self._lock = threading.Lock()  # one model call at a time; decoding runs outside it
+        self.model_lock = threading.Lock()  # held around each model call: one at a time; decoding runs outside it
+        options = dict(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
+                       lock=self.model_lock)
+        self.texts = DynamicBatcher(self._embed_texts, name="text", **options)
+        self.images = DynamicBatcher(self._embed_pixels, name="image", **options)
+        self.index = None if index is None else open_gallery(index, int(clip.model.config.projection_dim))
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop the batchers once the work already queued has run."""
+        self.texts.close(timeout)
+        self.images.close(timeout)
 
     # -- endpoints ---------------------------------------------------------------------------------------------
 
-    def info(self, body: Any = None) -> dict[str, Any]:
-        """The model's name, embedding size, image size, context length, device and dtype."""
+    def info(self, query: Any = None) -> dict[str, Any]:
+        """The model's name, embedding size, image size, context length, device and dtype (and the index)."""
         config = self.clip.model.config
-        return {"model": self.model_name, "dim": int(config.projection_dim),
-                "image_size": int(config.vision_config.image_size),
-                "context_length": int(config.text_config.max_position_embeddings),
-                "device": str(self.clip.device), "dtype": str(self.clip.model.dtype).replace("torch.", "")}
+        out = {"model": self.model_name, "dim": int(config.projection_dim),
+               "image_size": int(config.vision_config.image_size),
+               "context_length": int(config.text_config.max_position_embeddings),
+               "device": str(self.clip.device), "dtype": str(self.clip.model.dtype).replace("torch.", "")}
+        if self.index is not None:
+            out["index"] = {"rows": len(self.index), "kind": self.index.kind, "model": self.index.model,
+                            "search": self.index.method}
+        return out
 
     def embed(self, body: Any) -> dict[str, Any]:
         """L2-normalised embeddings of ``texts`` and/or ``images``, in input order."""
@@ -98,18 +141,22 @@ class ClipService:
             raise RequestError('Give "texts" and/or "images": lists of strings (images as base64 or data URIs).')
         self._check_count(len(texts) + len(images))
         truncate = _flag(body, "truncate")
-        loaded = self._load_images(images) if images else []
         out: dict[str, Any] = {"dim": int(self.clip.model.config.projection_dim)}
         if texts:
             self._check_lengths(texts, truncate)
-            out["text_embeddings"] = self._batched(self.clip.text_embeddings, texts)
-        if images:
-            out["image_embeddings"] = self._batched(self.clip.image_embeddings, loaded)
+        with self.texts.admit(len(texts)), self.images.admit(len(images)):
+            text_job = self.texts.enqueue(texts)  # the texts run while this thread decodes the images
+            image_job = self.images.enqueue(self._pixels(images) if images else [])
+            if texts:
+                out["text_embeddings"] = _stack(text_job.result()).tolist()
+            if images:
+                out["image_embeddings"] = _stack(image_job.result()).tolist()
         return out
 
     def classify(self, body: Any) -> dict[str, Any]:
-        """Zero-shot scores of every image against the labels, ranked, one list per image."""
-        from clipfast.pipelines import DEFAULT_TEMPLATE, _as_labels
+        """Zero-shot scores of every image against the labels, ranked, one list per image: the pipeline's
+        answer, computed from batched embeddings."""
+        from clipfast.pipelines import DEFAULT_TEMPLATE, _as_labels, _fill, _ranked, _softmax_columns
 
         body = _object(body, ("images", "labels", "top_k", "hypothesis_template"))
         images = _strings(body, "images")
@@ -121,11 +168,16 @@ class ClipService:
         template = body.get("hypothesis_template", DEFAULT_TEMPLATE)
         if not isinstance(template, str):
             raise RequestError(f'"hypothesis_template" must be a string, got {type(template).__name__}.')
-        loaded = self._load_images(images)
-        with self._lock:
-            results = self.clip.classify(loaded, labels, hypothesis_template=template, top_k=top_k,
-                                         batch_size=self.batch_size)
-        return {"results": results}
+        prompts = [_fill(template, label) for label in labels]
+        # as the pipeline: one logit column per distinct token sequence, so equal prompts tie exactly
+        unique, inverse = self.clip._distinct_prompts(prompts)
+        with self.texts.admit(len(unique)), self.images.admit(len(images)):
+            text_job = self.texts.enqueue([prompts[i] for i in unique])
+            image_embeds = _stack(self.images.submit(self._pixels(images)))
+            text_embeds = _stack(text_job.result())
+        scale = self.clip.model.logit_scale.detach().exp().float().cpu()
+        logits = (text_embeds @ image_embeds.t() * scale).t()  # (images, distinct prompts)
+        return {"results": [_ranked(row, labels, top_k) for row in _softmax_columns(logits, inverse).tolist()]}
 
     def openai_embeddings(self, body: Any) -> dict[str, Any]:
         """OpenAI's ``POST /v1/embeddings`` for texts: the same request fields and response shape."""
@@ -143,14 +195,81 @@ class ClipService:
             raise RequestError(f'This model\'s embeddings have {dim} dimensions; "dimensions" cannot change that '
                                f"(got {body['dimensions']!r}).")
         tokens = self._check_lengths(texts, truncate=False)
-        vectors = self._batched(self.clip.text_embeddings, texts, as_list=False)
+        with self.texts.admit(len(texts)):
+            vectors = _stack(self.texts.submit(texts))
         data = [{"object": "embedding", "index": i,
                  "embedding": _base64_floats(row) if encoding == "base64" else row.tolist()}
                 for i, row in enumerate(vectors)]
         return {"object": "list", "data": data, "model": self.model_name,
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
+    def search(self, body: Any) -> list[dict[str, Any]]:
+        """The ``k`` indexed items nearest to a ``text``, an ``image``, an ``embedding`` or an indexed ``row``
+        ("more like this"): ``[{"id", "score", "row", ...metadata}]``, best first."""
+        body = _object(body, ("text", "image", "embedding", "row", "k", "truncate"))
+        given = [key for key in ("text", "image", "embedding", "row") if body.get(key) is not None]
+        if len(given) != 1:
+            raise RequestError('Give one of "text" (a string), "image" (base64 or a data URI), "embedding" (a list '
+                               f'of {self.index.dim} numbers) or "row" (an indexed item); got '
+                               f"{', '.join(map(repr, given)) or 'none'}.")
+        k = body.get("k", 10)
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.max_items:
+            raise RequestError(f'"k" must be an integer from 1 to {self.max_items}, got {k!r}.')
+        vector = self._query_vector(given[0], body)
+        return self.index.search_records(vector, k)
+
+    def thumbnail(self, query: dict[str, list[str]]) -> "_Raw":
+        """A JPEG thumbnail of an indexed image, named by ``?row=N`` or ``?id=...``; nothing else is read."""
+        row = self._named_row(query)
+        data = self.index.thumbnail(row)
+        if data is None:
+            raise RequestError(f"Row {row} has no image file this server can show (a text, a URL, which the page "
+                               "links to instead, or a file that is gone).", HTTPStatus.NOT_FOUND)
+        return _Raw("image/jpeg", data, {"Cache-Control": "max-age=3600"})
+
     # -- helpers -----------------------------------------------------------------------------------------------
+
+    def _query_vector(self, kind: str, body: dict[str, Any]) -> "np.ndarray":
+        """The search query as one float32 vector."""
+        import numpy as np
+
+        if kind == "row":
+            return self.index.vector(self._row(body["row"]))
+        if kind == "embedding":
+            return _embedding(body["embedding"], self.index.dim)
+        value = body[kind]
+        if not isinstance(value, str):
+            raise RequestError(f'"{kind}" must be a string, got {type(value).__name__}.')
+        _strings({kind: [value]}, kind)
+        batcher = self.texts if kind == "text" else self.images
+        with batcher.admit(1):
+            if kind == "text":
+                self._check_lengths([value], _flag(body, "truncate"))
+                rows = self.texts.submit([value])
+            else:
+                rows = self.images.submit(self._pixels([value]))
+        return np.asarray(rows[0], dtype=np.float32)
+
+    def _named_row(self, query: dict[str, list[str]]) -> int:
+        """The row a thumbnail request names (``row=N`` or ``id=...``); anything not indexed is a 404."""
+        if self.index is None:
+            raise RequestError("This server has no index (start it with --index DIR).", HTTPStatus.NOT_FOUND)
+        if set(query) - {"row", "id"} or len(query) != 1 or len(next(iter(query.values()))) != 1:
+            raise RequestError("Name one indexed image: /thumbnail?row=N or /thumbnail?id=ID.", HTTPStatus.NOT_FOUND)
+        if "id" in query:
+            row = self.index.row_of(query["id"][0])
+            if row is None:
+                raise RequestError("No indexed item has that id.", HTTPStatus.NOT_FOUND)
+            return row
+        text = query["row"][0]
+        if not (text.isascii() and text.isdigit()):
+            raise RequestError("?row= takes a row number.", HTTPStatus.NOT_FOUND)
+        return self._row(int(text), HTTPStatus.NOT_FOUND)
+
+    def _row(self, row: Any, status: int = HTTPStatus.BAD_REQUEST) -> int:
+        if isinstance(row, bool) or not isinstance(row, int) or not 0 <= row < len(self.index):
+            raise RequestError(f'"row" must be an indexed row, 0 to {len(self.index) - 1}; got {row!r}.', status)
+        return row
 
     def _check_count(self, count: int) -> None:
         if count > self.max_items:
@@ -167,6 +286,12 @@ class ClipService:
                     raise RequestError(f"Text {index} is {length} tokens long; this model reads at most {limit} "
                                        '(start and end tokens included). Shorten it, or send "truncate": true.')
         return sum(min(length, limit) for length in lengths)
+
+    def _pixels(self, items: list[str]) -> list[Any]:
+        """Decode and preprocess one request's images here, in its own thread (outside the model lock): one
+        pixel tensor (3, H, W) per image, as the pipeline's image processor makes them."""
+        pixels = self.clip.image_processor(images=self._load_images(items), return_tensors="pt")["pixel_values"]
+        return list(pixels)
 
     def _load_images(self, items: list[str]) -> list[Any]:
         """Decode every image item (base64, data URI, or an allowed URL) on the thread pool; errors name the item."""
@@ -195,15 +320,19 @@ class ClipService:
         except ClipfastError as err:
             raise RequestError(f"{err}{_IMAGE_HINT}") from None
 
-    def _batched(self, encode: Callable[[list[Any]], Any], items: list[Any], as_list: bool = True) -> Any:
-        """``encode`` over ``items`` in batches, under the model lock; float32 rows (lists unless ``as_list``)."""
+    def _embed_texts(self, texts: list[str]) -> "torch.Tensor":
+        """One batched model call: float32 CPU rows of the pipeline's text embeddings."""
+        return self.clip.text_embeddings(texts).float().cpu()
+
+    def _embed_pixels(self, pixels: list["torch.Tensor"]) -> "torch.Tensor":
+        """One batched model call on preprocessed images: float32 CPU rows, L2-normalised as the pipeline's."""
         import torch
 
-        with self._lock:
-            parts = [encode(items[i:i + self.batch_size]).float().cpu() for i in range(0, len(items),
-                                                                                        self.batch_size)]
-        vectors = torch.cat(parts)
-        return vectors.tolist() if as_list else vectors
+        model = self.clip.model
+        with torch.inference_mode():
+            embeds = model.get_image_features(pixel_values=torch.stack(pixels).to(self.clip.device, model.dtype))
+            embeds = embeds / embeds.norm(p=2, dim=-1, keepdim=True)
+        return embeds.float().cpu()
 
 
 def _load_item(index: int, source: Any) -> Any:
@@ -261,37 +390,125 @@ def _base64_floats(row: "torch.Tensor") -> str:
     return base64.b64encode(row.numpy().astype("<f4").tobytes()).decode("ascii")
 
 
+def _stack(rows: list["torch.Tensor"]) -> "torch.Tensor":
+    """One request's rows, handed back by a batcher, as one (N, E) float32 tensor."""
+    import torch
+
+    return torch.stack(rows)
+
+
+def _embedding(value: Any, dim: int) -> "np.ndarray":
+    """A query ``embedding`` as a unit float32 vector of ``dim`` numbers (scores are then cosines)."""
+    import numpy as np
+
+    if (not isinstance(value, list) or len(value) != dim
+            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value)):
+        raise RequestError(f'"embedding" must be a list of {dim} numbers, got '
+                           f"{json.dumps(value)[:80] if isinstance(value, list) else type(value).__name__}.")
+    vector = np.asarray(value, dtype=np.float64)
+    norm = float(np.linalg.norm(vector))
+    if not math.isfinite(norm) or norm == 0:
+        raise RequestError('"embedding" must be finite and not all zeros.')
+    return (vector / norm).astype(np.float32)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # HTTP
 
 
 def make_server(clip: Any, host: str = "127.0.0.1", port: int = 8000, model_name: str = "clip",
                 allow_urls: bool = False, max_body: int = DEFAULT_MAX_BODY, max_items: int = DEFAULT_MAX_ITEMS,
-                batch_size: int = 32) -> ThreadingHTTPServer:
-    """An HTTP server (not started: call ``serve_forever()``) answering the endpoints of the module docstring.
+                batch_size: int | None = None, max_batch_size: int | None = None,
+                max_wait_ms: float = DEFAULT_MAX_WAIT_MS, max_queue: int = DEFAULT_MAX_QUEUE,
+                index: Any = None) -> "ClipHTTPServer":
+    """An HTTP server (not started: call :func:`serve_until_stopped` or ``serve_forever()``) answering the
+    endpoints of the module docstring.
 
     ``port=0`` picks a free port (``server.server_address`` tells which). ``max_body`` caps request bodies, in
-    bytes (413 above it).
+    bytes (413 above it). ``max_batch_size`` (``batch_size`` is its older name; default 32), ``max_wait_ms`` and
+    ``max_queue`` set the batching (see :class:`ClipService`); ``index`` is an index folder to search.
     """
+    size = max_batch_size if max_batch_size is not None else batch_size or DEFAULT_MAX_BATCH_SIZE
     service = ClipService(clip, model_name=model_name, allow_urls=allow_urls, max_items=max_items,
-                          batch_size=batch_size)
-    routes = {("GET", "/health"): lambda body: {"status": "ok"}, ("GET", "/info"): service.info,
-              ("POST", "/embed"): service.embed, ("POST", "/classify"): service.classify,
-              ("POST", "/v1/embeddings"): service.openai_embeddings}
+                          max_batch_size=size, max_wait_ms=max_wait_ms, max_queue=max_queue, index=index)
+    routes: dict[tuple[str, str], Callable[[Any], Any]] = {
+        ("GET", "/health"): lambda query: {"status": "ok"}, ("GET", "/info"): service.info,
+        ("POST", "/embed"): service.embed, ("POST", "/classify"): service.classify,
+        ("POST", "/v1/embeddings"): service.openai_embeddings}
+    if service.index is not None:
+        routes.update({("POST", "/search"): service.search, ("GET", "/thumbnail"): service.thumbnail})
+    for path, (name, kind) in WEB_FILES.items():
+        routes[("GET", path)] = lambda query, name=name, kind=kind: _Raw(kind, web_file(name),
+                                                                         {"Cache-Control": "no-cache"})
     handler = type("ClipHandler", (_Handler,), {"routes": routes, "max_body": max_body})
-    server_class = ThreadingHTTPServer
+    server_class = ClipHTTPServer
     if ":" in host:  # an IPv6 address ("::1", "::")
-        server_class = type("ThreadingHTTPServer6", (ThreadingHTTPServer,), {"address_family": socket.AF_INET6})
-    server = server_class((host, port), handler)
-    server.daemon_threads = True
-    server.service = service  # type: ignore[attr-defined]
+        server_class = type("ClipHTTPServer6", (ClipHTTPServer,), {"address_family": socket.AF_INET6})
+    try:
+        server = server_class((host, port), handler)
+    except BaseException:
+        service.close()
+        raise
+    server.service = service
     return server
+
+
+class ClipHTTPServer(ThreadingHTTPServer):
+    """The threading HTTP server, counting the requests in flight so that it can stop without cutting them."""
+
+    daemon_threads = True
+    service: ClipService
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stopping = False  # set once shutdown starts: answers then close their connections
+        self._in_flight = 0
+        self._idle = threading.Condition()
+
+    def begin_request(self) -> None:
+        with self._idle:
+            self._in_flight += 1
+
+    def end_request(self) -> None:
+        with self._idle:
+            self._in_flight -= 1
+            self._idle.notify_all()
+
+    def drain(self, timeout: float = DEFAULT_DRAIN_SECONDS) -> bool:
+        """Stop listening, wait up to ``timeout`` seconds for the requests in flight to be answered, then stop
+        the batchers. Returns whether every request was answered. Call after ``serve_forever`` returned."""
+        self.stopping = True
+        self.server_close()  # new connections are refused from here on
+        with self._idle:
+            answered = self._idle.wait_for(lambda: self._in_flight == 0, timeout)
+        self.service.close(timeout=5)
+        return answered
+
+
+def serve_until_stopped(server: ClipHTTPServer, drain_timeout: float = DEFAULT_DRAIN_SECONDS) -> bool:
+    """``server.serve_forever()`` until SIGTERM or Ctrl-C, then stop listening and finish the requests in flight
+    (at most ``drain_timeout`` seconds). Returns True when stopped by Ctrl-C, False by SIGTERM."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start()) \
+        if main else None
+    interrupted = False
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+        if not server.drain(drain_timeout):
+            logger.warning("stopped with requests still in flight after %.0f s", drain_timeout)
+    return interrupted
 
 
 class _Handler(BaseHTTPRequestHandler):
     """Routes a request to its endpoint and turns every outcome, protocol errors included, into a JSON answer."""
 
-    routes: dict[tuple[str, str], Callable[[Any], dict[str, Any]]] = {}
+    routes: dict[tuple[str, str], Callable[[Any], Any]] = {}
+    server: ClipHTTPServer
     max_body = DEFAULT_MAX_BODY
     timeout = _READ_TIMEOUT
     protocol_version = "HTTP/1.1"
@@ -328,10 +545,13 @@ class _Handler(BaseHTTPRequestHandler):
                 allowed = sorted(m for m, p in self.routes if p == path)
                 headers = {"Allow": ", ".join(allowed)} if allowed else {}
                 raise self._no_route(method, path, allowed)
-            body = self._read_json() if method == "POST" else None
+            body = self._read_json() if method == "POST" else self._query()
             status, payload = HTTPStatus.OK, endpoint(body)
         except RequestError as err:
             status, payload = err.status, {"error": str(err)}
+        except QueueFull as err:  # load shedding: the client should come back, not give up
+            status, payload = HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(err)}
+            headers = {"Retry-After": str(err.retry_after)}
         except ClipfastError as err:  # the library's own checks (bad image, bad label, ...): the client's fault
             status, payload = HTTPStatus.BAD_REQUEST, {"error": str(err)}
         except Exception:  # a bug or an out-of-memory: logged here, one line to the client
@@ -340,7 +560,31 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._body_read and (self.headers.get("Content-Length", "0") != "0"
                                     or "Transfer-Encoding" in self.headers):
             self.close_connection = True  # an unread body must not be taken for the next request on this connection
+        if self.server.stopping:
+            self.close_connection = True
         self._send(status, payload, headers, with_body=method != "HEAD")
+
+    def parse_request(self) -> bool:
+        """Count the request as in flight from its first line on (a stopping server waits for it)."""
+        self.server.begin_request()
+        self._counted = True
+        return super().parse_request()
+
+    def handle_one_request(self) -> None:
+        self._counted = False
+        try:
+            super().handle_one_request()
+        finally:
+            if self._counted:
+                self.server.end_request()
+
+    def _query(self) -> dict[str, list[str]]:
+        """The request target's query string, decoded (``?row=3`` -> ``{"row": ["3"]}``)."""
+        query = urllib.parse.urlsplit(self.path).query
+        try:
+            return urllib.parse.parse_qs(query, keep_blank_values=True, max_num_fields=20)
+        except ValueError:  # more fields than that
+            raise RequestError("Too many query fields.") from None
 
     def _route_path(self) -> str:
         """The request target's path, without a query, a trailing slash, or (absolute form) scheme and host."""
@@ -352,7 +596,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _no_route(self, method: str, path: str, allowed: list[str]) -> RequestError:
         if allowed:
             return RequestError(f"{path} takes {' or '.join(allowed)}, not {method}.", HTTPStatus.METHOD_NOT_ALLOWED)
-        listing = ", ".join(f"{m} {p}" for m, p in self.routes)
+        listing = ", ".join(f"{m} {p}" for m, p in self.routes if not p.startswith("/static/"))
         return RequestError(f"No endpoint {path}; there are {listing}.", HTTPStatus.NOT_FOUND)
 
     def _check_framing(self) -> None:
@@ -416,11 +660,15 @@ class _Handler(BaseHTTPRequestHandler):
         text = message or explain or HTTPStatus(code).phrase
         self._send(code, {"error": f"{text}."}, with_body=getattr(self, "command", None) != "HEAD")
 
-    def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None,
+    def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None,
               with_body: bool = True) -> None:
-        data = json.dumps(payload).encode("utf-8")
+        if isinstance(payload, _Raw):
+            kind, data, headers = payload.content_type, payload.data, {**payload.headers, **(headers or {})}
+        else:
+            kind, data = "application/json", json.dumps(payload).encode("utf-8")
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", kind)
+        self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("Content-Length", str(len(data)))
         for key, value in (headers or {}).items():
             self.send_header(key, value)
