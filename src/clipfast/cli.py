@@ -682,7 +682,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("clipfast: error: a command is required (see clipfast --help)", file=sys.stderr)
         return 2
     debug = getattr(args, "debug", False) or os.environ.get(DEBUG_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
-    previous_format = warnings.formatwarning
+    previous_format, previous_verbosity = warnings.formatwarning, os.environ.get("HF_HUB_VERBOSITY")
     if not debug:
         warnings.formatwarning = _format_warning  # library warnings as one line, like our own
         os.environ.setdefault("HF_HUB_VERBOSITY", "error")  # no multi-line retry logs before our one-line error
@@ -696,5 +696,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"clipfast: error: {_one_line(exc)}", file=sys.stderr)
         return 1
-    finally:
-        warnings.formatwarning = previous_format  # main() may run inside a larger program (or pytest)
+    finally:  # main() may run inside a larger program (or pytest): leave its warnings and environment as found
+        warnings.formatwarning = previous_format
+        if previous_verbosity is None:
+            os.environ.pop("HF_HUB_VERBOSITY", None)
+        else:
+            os.environ["HF_HUB_VERBOSITY"] = previous_verbosity
