@@ -27,7 +27,8 @@ from contextlib import closing
 from itertools import islice
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Union
 
-from clipfast.errors import ImageLoadError, InputError
+from clipfast.errors import ImageLoadError
+from clipfast.tensor_utils import stack_same_shape
 from clipfast.workers import Lane, POOL_SIZE_LIMIT, cpu_count, ordered_map, results_in_order, run_ahead, submit_rows
 
 if TYPE_CHECKING:
@@ -164,8 +165,6 @@ def submit_loads(sources: list[ImageSource], plan: tuple | None, timeout: float 
 def _collect(chunk: list[ImageSource], job: tuple[list, Any], plan: tuple | None, processor: Any,
              kwargs: dict[str, Any], device: Any) -> tuple[list[ImageSource], "torch.Tensor"]:
     """Wait for one batch's tasks (raising the first failure, in source order) and assemble its pixel values."""
-    import torch
-
     futures, out = job
     results = results_in_order(futures)
     if plan is None:
@@ -173,11 +172,7 @@ def _collect(chunk: list[ImageSource], job: tuple[list, Any], plan: tuple | None
     elif out is not None:
         pixels = out
     else:
-        shapes = {tuple(r.shape) for r in results}
-        if len(shapes) > 1:
-            raise InputError(f"Cannot stack pixel values of different shapes {sorted(shapes)} into one batch; keep "
-                             "do_center_crop=True or resize to a fixed {'height', 'width'}.")
-        pixels = torch.stack(results)
+        pixels = stack_same_shape(results, "pixel values")
     return chunk, pixels if device is None else pixels.to(device)
 
 

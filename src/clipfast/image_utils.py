@@ -22,7 +22,7 @@ from clipfast.constants import IMAGE_PROCESSOR_NAME, OPENAI_CLIP_MEAN, OPENAI_CL
 from clipfast.errors import InputError
 from clipfast.hub import read_json, resolve_file
 from clipfast.pillow_resample import BICUBIC
-from clipfast.tensor_utils import tensors_to
+from clipfast.tensor_utils import stack_same_shape, tensors_to
 
 logger = logging.getLogger("clipfast.image_processing")  # the processors' logger, whichever module logs
 
@@ -95,14 +95,7 @@ def _as_tensor(value: Any, kind: str, key: str) -> Any:
     if kind == "pt" and isinstance(value, torch.Tensor) or kind == "np" and isinstance(value, np.ndarray):
         return value
     if isinstance(value, (list, tuple)) and value and isinstance(value[0], (np.ndarray, torch.Tensor)):
-        shapes = {tuple(v.shape) for v in value}
-        if len(shapes) > 1:
-            raise InputError(f"Cannot stack {key} of different shapes {sorted(shapes)} into one tensor; keep "
-                             "do_center_crop=True (or resize to a fixed {'height', 'width'}), or pass return_tensors=None.")
-        if isinstance(value[0], torch.Tensor):
-            value = torch.stack(list(value))
-        else:
-            value = np.stack(value)
+        value = stack_same_shape(value, key, ", or pass return_tensors=None")
     if kind == "pt":
         return torch.from_numpy(value) if isinstance(value, np.ndarray) else torch.as_tensor(value)
     return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)

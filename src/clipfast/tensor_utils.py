@@ -15,6 +15,22 @@ from typing import Any
 from clipfast.errors import InputError
 
 
+def stack_same_shape(rows: list[Any], what: str, other_fix: str = "") -> Any:
+    """Stack equally shaped tensors (``torch.stack``) or arrays (``np.stack``) into one batch; rows of different
+    shapes are an InputError that names the shapes and the fix (``other_fix`` adds one)."""
+    shapes = {tuple(row.shape) for row in rows}
+    if len(shapes) > 1:
+        raise InputError(f"Cannot stack {what} of different shapes {sorted(shapes)} into one batch; keep "
+                         f"do_center_crop=True (or resize to a fixed {{'height', 'width'}}){other_fix}.")
+    if hasattr(rows[0], "detach"):
+        import torch
+
+        return torch.stack(list(rows))
+    import numpy as np
+
+    return np.stack(rows)
+
+
 def tensors_to(data: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     """``Tensor.to(*args, **kwargs)`` on the floating tensors of the mapping ``data`` and only the device part on the
     others (``model(**inputs.to("cuda", torch.float16))`` must keep integer ids), in place."""
