@@ -522,7 +522,13 @@ def _exact(store: _Store, queries: np.ndarray, k: int, exclude: np.ndarray | Non
         if exclude is not None:
             inside = (exclude >= start) & (exclude < start + len(vectors))
             scores[np.flatnonzero(inside), exclude[inside] - start] = -np.inf
-        positions = np.broadcast_to(np.arange(start, start + len(vectors)), scores.shape)
+        positions = np.arange(start, start + len(vectors))[None, :]  # (1, block)
+        if scores.shape[1] > k:  # keep each block's best k before merging: memory stays (queries, 2k)
+            keep = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+            positions, scores = np.take_along_axis(np.broadcast_to(positions, scores.shape), keep, 1), \
+                np.take_along_axis(scores, keep, 1)
+        else:
+            positions = np.broadcast_to(positions, scores.shape)
         best_pos, best = np.concatenate([best_pos, positions], 1), np.concatenate([best, scores], 1)
         if best.shape[1] > k:
             keep = np.argpartition(-best, k - 1, axis=1)[:, :k]
