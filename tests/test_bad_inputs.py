@@ -187,6 +187,7 @@ SUB_CONFIG_CASES = [
     (dict(num_labels=-1), InputError, "CLIPConfig.num_labels must be an int >= 0; got -1"),
     (dict(num_labels="3"), InputError, "num_labels must be an int >= 0; got '3'"),
     (dict(id2label=["cat", "dog"]), TypeError, "CLIPConfig.id2label must be a dict"),
+    (dict(id2label={"a": "cat"}), InputError, "CLIPConfig.id2label keys must be class indices"),
 ]
 
 
@@ -338,6 +339,8 @@ def test_missing_or_unreadable_images(clip, tmp_path):
         clip(b"not an image at all", candidate_labels=LABELS)
     with pytest.raises(TypeError, match="Unexpected arguments"):
         clip("x.jpg", candidate_labels=LABELS, top_n=2)
+    with pytest.raises(InputError, match="Pass the images once"):
+        clip("a.jpg", images=["b.jpg"], candidate_labels=LABELS)
 
 
 PIPELINE_CASES = [
@@ -370,6 +373,19 @@ def test_bad_pipeline_argument(clip, kwargs, words):
         clipfast.pipeline(model=clip.model, tokenizer=clip.tokenizer, image_processor=clip.image_processor,
                           **{"task": "zero-shot-image-classification", **kwargs})
     assert words in str(info.value), str(info.value)
+
+
+def test_bad_pipeline_components(clip, tmp_path):
+    with pytest.raises(InputError, match="model='' is empty: give a hub id such as"):
+        clipfast.pipeline(model="")
+    with pytest.raises(InputError, match=r"model must be a hub id, .* or a loaded CLIPModel; got 5 \(int\)"):
+        clipfast.pipeline(model=5, tokenizer=clip.tokenizer, image_processor=clip.image_processor)
+    with pytest.raises(InputError, match="tokenizer must be a loaded tokenizer"):
+        clipfast.pipeline(model=clip.model, tokenizer=5, image_processor=clip.image_processor)
+    with pytest.raises(InputError, match="image_processor must be a loaded image_processor"):
+        clipfast.pipeline(model=clip.model, tokenizer=clip.tokenizer, image_processor="nope")
+    with pytest.raises(InputError, match="also pass tokenizer= and image_processor="):
+        clipfast.pipeline(model=clip.model)
 
 
 def test_valid_edge_arguments(clip, image):

@@ -4,6 +4,12 @@ Field names and defaults are those of transformers, so config.json files written
 the 2021 Hub uploads (``text_config_dict``, ``torch_dtype``, generation leftovers) all load. Unknown keys are kept
 as attributes and written back out.
 
+Values are checked where they enter (construction, ``from_dict``, ``from_pretrained``, assignment): a wrong type
+raises TypeError, a bad value :class:`~clipfast.errors.InputError` (a ValueError), each naming the field, the value
+and what is expected. Whole floats such as ``12.0`` (some JSON writers store ints so) are taken as ints; ``3.5`` is
+refused. Checks across fields (heads divide the width, the patch fits the image) run after construction and in
+:meth:`PretrainedConfig.validate`, so that fields can be assigned one at a time.
+
 Example:
     >>> from clipfast import CLIPConfig
     >>> CLIPConfig().vision_config.patch_size
@@ -254,7 +260,11 @@ class PretrainedConfig:
             raise TypeError(f"{type(self).__name__}.id2label must be a dict of class index -> name, e.g. "
                             f"{{0: 'cat', 1: 'dog'}}; got {id2label!r} ({type(id2label).__name__}).")
         if id2label is not None:
-            self.id2label = {int(k): v for k, v in id2label.items()}
+            try:
+                self.id2label = {int(k): v for k, v in id2label.items()}
+            except (TypeError, ValueError):
+                raise InputError(f"{type(self).__name__}.id2label keys must be class indices (ints, or digit "
+                                 f"strings as JSON stores them); got {id2label!r}.") from None
             if num_labels is not None and num_labels != len(self.id2label):
                 logger.warning(f"You passed num_labels={num_labels} with an id2label of {len(self.id2label)} labels "
                                f"({self.id2label}); keeping id2label, so num_labels is {len(self.id2label)}.")

@@ -156,6 +156,8 @@ class ZeroShotImageClassificationPipeline:
                  batch_size: int | None = None, timeout: float | None = None, **kwargs: Any) -> Any:
         """Classify one image (-> list of dicts), a list of images (-> list of lists), or a generator / iterator
         of images (-> a generator of results, one per image, as transformers streams them)."""
+        if image is not None and images is not None:
+            raise InputError("Pass the images once: as the first argument or as images=, not both.")
         image = images if image is None else image
         if image is None:
             raise InputError("Give an image: a path, an http(s) URL, base64 / data URI, a PIL image, or a list.")
@@ -309,6 +311,12 @@ def pipeline(task: str | None = None, model: Any = None, config: Any = None, tok
     if task not in (None, TASK):
         raise InputError(f"Unknown task {task!r}: clipfast provides {TASK!r}.")
     model = DEFAULT_MODEL if model is None else model
+    if isinstance(model, str) and not model.strip():
+        raise InputError(f"model={model!r} is empty: give a hub id such as {DEFAULT_MODEL!r}, a folder or a "
+                         "checkpoint file.")
+    if not isinstance(model, (str, os.PathLike)) and not hasattr(model, "get_image_features"):
+        raise InputError(f"model must be a hub id, a folder, a checkpoint file or a loaded CLIPModel; got {model!r} "
+                         f"({type(model).__name__}).")
     batch_size = _check_count("batch_size", batch_size)
     if device is None and device_map is not None:
         device = _device_from_map(device_map)
@@ -331,6 +339,10 @@ def pipeline(task: str | None = None, model: Any = None, config: Any = None, tok
     tokenizer = tokenizer or getattr(processor, "tokenizer", None)
     if tokenizer is None or image_processor is None:
         raise InputError("With a model object, also pass tokenizer= and image_processor= (or processor=).")
+    for name, part in (("tokenizer", tokenizer), ("image_processor", image_processor)):
+        if not callable(part):
+            raise InputError(f"{name} must be a loaded {name} (e.g. clipfast.AutoTokenizer / AutoImageProcessor"
+                             f".from_pretrained(...)) or a hub id or folder given with model=; got {part!r}.")
     return ZeroShotImageClassificationPipeline(model, tokenizer, image_processor, device=device,
                                                batch_size=batch_size, num_workers=num_workers)
 
