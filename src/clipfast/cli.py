@@ -405,10 +405,12 @@ def add_embed_parser(subparsers: Any) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    """Find the indexed items most similar to a text or an image (exact cosine search).
+    """Find the indexed items most similar to a text or an image (cosine similarity, best first).
 
-    INDEX is what `clipfast embed --out` wrote. The query is embedded with the model recorded in the index
-    (override with --model). Prints score and id (path or text), best first.
+    INDEX is what `clipfast embed --out` wrote (embeddings.npy or a Parquet dataset). The query is embedded with
+    the model recorded in the index (override with --model). Uses the FAISS index built by `clipfast index` when
+    there is one (scores are still exact cosines of the stored vectors); --exact scans every vector instead.
+    Prints score and id (path or text), best first; --json adds the passed-through metadata columns.
     Example: clipfast search photos.index "a dog on a beach"
     """
     from clipfast.index import open_index
@@ -417,7 +419,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         args.parser.error('give a text QUERY or --image FILE, e.g. clipfast search INDEX "a dog on a beach"')
     if args.top_k < 1:
         args.parser.error(f"--top-k must be at least 1, got {args.top_k}")
-    index = open_index(args.index + ".index" if args.index.endswith(".parquet") else args.index)
+    index = open_index(args.index + ".index" if args.index.endswith(".parquet") else args.index,
+                       column=args.column)
     clip = _load_pipeline(args.model or index.meta["model"], args)
     if args.image is not None:
         from clipfast.image_io import load_image
@@ -426,11 +429,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     else:
         query = clip.text_embeddings([args.query])
     query = query.float().cpu().numpy()[0]
-    if query.shape[0] != index.vectors.shape[1]:
+    if query.shape[0] != index.dim:
         raise InputError(f"The query embedding has {query.shape[0]} dimensions but the index has "
-                         f"{index.vectors.shape[1]}: use the index's model ({index.meta.get('model')!r}).")
-    for item, score in index.search(query, args.top_k):
-        print(json.dumps({"id": item, "score": score}, ensure_ascii=False) if args.json else f"{score:.4f}  {item}")
+                         f"{index.dim}: use the index's model ({index.meta.get('model')!r}).")
+    for hit in index.search_records(query, args.top_k, exact=args.exact):
+        print(json.dumps(hit, ensure_ascii=False, default=str) if args.json else f"{hit['score']:.4f}  {hit['id']}")
     return 0
 
 
@@ -441,7 +444,52 @@ def add_search_parser(subparsers: Any) -> None:
     parser.add_argument("--image", default=None, help="search with an image instead of a text")
     parser.add_argument("--top-k", type=int, default=10, help="results to print (default: 10)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per result")
+    parser.add_argument("--exact", action="store_true", help="scan every vector, ignoring the FAISS index")
+    parser.add_argument("--column", default=None,
+                        help="embedding column of a Parquet dataset (default: image_embedding)")
     _add_model_options(parser, batch_size=1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# index
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    """Build a FAISS index for fast approximate search of an embedding folder (needs the [faiss] extra).
+
+    The index kind is chosen from the number of vectors and --memory (the bound on the index files; MB and GB
+    mean MiB and GiB), its search parameters tuned until recall@10 against exact search reaches --recall.
+    Writes DIR/index.faiss (DIR/index.<column>.faiss per embedding column) and DIR/index.json.
+    Example: clipfast index photos.index --memory 1GB
+    """
+    from clipfast.index import build
+
+    folder = args.folder + ".index" if args.folder.endswith(".parquet") else args.folder
+    data = build(folder, memory=args.memory, kind=args.kind, recall=args.recall, column=args.column,
+                 log=None if args.quiet else (lambda line: print(f"clipfast: {line}", file=sys.stderr)))
+    short = True
+    for key, record in data["indexes"].items():
+        if args.column is not None and record.get("column") != args.column:
+            continue
+        short = short and record["recall_reached"]
+        print(json.dumps({"file": record["file"], "factory": record["factory"], "rows": record["rows"],
+                          "bytes": record["file_bytes"], "search": record["search"], "recall@1": record["recall@1"],
+                          "recall@10": record["recall@10"], "seconds": record["build_seconds"]["total"]}))
+        if not record["recall_reached"]:
+            _warn(f"{record['file']}: recall@10 {record['recall@10']} is below --recall {args.recall} at the "
+                  "largest search parameters; raise --memory for a larger index")
+    return 0 if short else 1
+
+
+def add_index_parser(subparsers: Any) -> None:
+    parser = _subparser(subparsers, "index", cmd_index)
+    parser.add_argument("folder", metavar="DIR", help="folder written by `clipfast embed --out`")
+    parser.add_argument("--memory", default="4GB", help="bound on the index files' size (default: 4GB)")
+    parser.add_argument("--kind", default="auto", choices=("auto", "flat", "hnsw", "ivf", "ivfpq"),
+                        help="index kind (default: auto, from the size and --memory)")
+    parser.add_argument("--recall", type=float, default=0.95, help="recall@10 to tune for (default: 0.95)")
+    parser.add_argument("--column", default=None, help="index only this embedding column of a Parquet dataset")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -652,7 +700,7 @@ def add_serve_parser(subparsers: Any) -> None:
 
 # further commands register themselves here: one _add_* function each
 _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    add_classify_parser, add_embed_parser, add_search_parser, add_info_parser, _add_convert,
+    add_classify_parser, add_embed_parser, add_search_parser, add_index_parser, add_info_parser, _add_convert,
     add_serve_parser]
 
 
