@@ -44,10 +44,10 @@ from clipfast.constants import IMAGE_PROCESSOR_NAME, OPENAI_CLIP_MEAN, OPENAI_CL
 from clipfast.errors import InputError
 from clipfast.image_io import DEFAULT_TIMEOUT, load_image, submit_loads
 from clipfast.image_utils import (FIRST, LAST, _SOURCES, BatchFeature, _center_crop, _channel_format,
-                                  _CLIPImageProcessorBase, _crop_box, _flatten_images, _lookup_table, _needs_pil_scaling,
-                                  _output_size, _padded_crop, _per_channel, _post_ops, _rescale, _split_batch,
-                                  _to_numpy)
-from clipfast.image_utils import _is_image, get_size_dict  # noqa: F401  (importable here, where they were)
+                                  _CLIPImageProcessorBase, _crop_box, _flatten_images, _lookup_table,
+                                  _needs_pil_scaling, _output_size, _padded_crop, _per_channel, _post_ops, _rescale,
+                                  _split_batch, _to_numpy)
+from clipfast.image_utils import CROP_ROUNDINGS, _is_image, get_size_dict  # noqa: F401  (importable here)
 from clipfast.pillow_resample import (_BOXED_FILTERS, BICUBIC, BILINEAR, BOX, HAMMING, LANCZOS,  # noqa: F401
                                       NEAREST, _pillow_resize_crop, pil_resize_crop)
 from clipfast.workers import batch_buffer, ordered_map, results_in_order

@@ -31,7 +31,8 @@ from clipfast.bpe import (BOS_TOKEN, EOS_TOKEN, MERGES_NAME, NUM_MERGES, SPLIT_P
 from clipfast.errors import InputError
 from clipfast.tensor_utils import tensors_to  # noqa: F401
 from clipfast.text_cleaning import _load_ftfy, basic_clean, needs_cleaning, openai_clean  # noqa: F401
-from clipfast.tokenization_base import TokenizerBase  # noqa: F401
+from clipfast.tokenization_base import (ADDED_TOKENS_NAME, SPECIAL_MAP_NAME, TOKENIZER_CONFIG_NAME,  # noqa: F401
+                                        TokenizerBase)
 from clipfast.tokenization_utils import (CLIP_MAX_LENGTH, NO_LIMIT, PADDINGS, TRUNCATIONS,  # noqa: F401
                                          BatchEncoding, CallPlan, _to_py, _token_content, added_token_entry,
                                          clean_up_tokenization, pad_rows, truncate_ids)

@@ -45,7 +45,8 @@ def synthetic_photo(height: int, width: int, channels: int = 3, seed: int = 0) -
     image = np.stack(planes, axis=-1)
     for _ in range(6):  # hard edges
         cy, cx, ry, rx = rng.uniform(0, 1, 2).tolist() + rng.uniform(0.05, 0.3, 2).tolist()
-        inside = ((y - cy * height / max(height, width)) / ry) ** 2 + ((x - cx * width / max(height, width)) / rx) ** 2 < 1
+        cy, cx = cy * y.max(), cx * x.max()  # centres inside the image
+        inside = ((y - cy) / ry) ** 2 + ((x - cx) / rx) ** 2 < 1
         image[inside] = rng.uniform(0, 1, channels)
     image[:, int(width * 0.1):int(width * 0.13)] = rng.uniform(0, 1, channels)  # a vertical bar
     image += rng.normal(0, 0.03, image.shape)  # texture
