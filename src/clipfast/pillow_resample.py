@@ -9,6 +9,7 @@
   (within one uint8 level; see ``_BOXED_FILTERS``).
 
 Example:
+    >>> import torch
     >>> pil_resize_crop(torch.zeros(1, 3, 480, 640, dtype=torch.uint8), 224, 298, box=(0, 37, 224, 224)).shape
     torch.Size([1, 3, 224, 224])
 """
@@ -161,6 +162,7 @@ def pil_resize_crop(x: "torch.Tensor", out_h: int, out_w: int, kind: int = BICUB
     ``box`` = (top, left, height, width) of the result (the whole result if None), computing only that crop.
 
     Example:
+        >>> import torch
         >>> pil_resize_crop(torch.zeros(1, 3, 480, 640, dtype=torch.uint8), 224, 298, box=(0, 37, 224, 224)).shape
         torch.Size([1, 3, 224, 224])
     """

@@ -50,6 +50,7 @@ class TokenizerBase:
         """The tokenizer of OpenAI's CLIP, from ``bpe_simple_vocab_16e6.txt.gz`` (the copy in clipfast by default).
 
         Example:
+            >>> from clipfast import CLIPTokenizer
             >>> CLIPTokenizer.from_openai_vocab()("a photo of a cat").input_ids
             [49406, 320, 1125, 539, 320, 2368, 49407]
         """
@@ -147,6 +148,7 @@ class TokenizerBase:
         """Add tokens (str, AddedToken or a list of them) after the vocabulary; returns how many are new.
 
         Example:
+            >>> from clipfast import CLIPTokenizer
             >>> tok = CLIPTokenizer.from_openai_vocab()
             >>> tok.add_tokens(["<cat-toy>"]), len(tok)
             (1, 49409)
@@ -209,6 +211,7 @@ class TokenizerBase:
         Arguments and defaults are transformers' (spec §4.7).
 
         Example:
+            >>> from clipfast import CLIPTokenizer
             >>> tok = CLIPTokenizer.from_openai_vocab()
             >>> tok("a photo of a cat", padding="max_length", max_length=8).input_ids
             [49406, 320, 1125, 539, 320, 2368, 49407, 49407]
@@ -312,6 +315,7 @@ class TokenizerBase:
         """The ``input_ids`` of one text (a list, or a (1, N) tensor with ``return_tensors``).
 
         Example:
+            >>> from clipfast import CLIPTokenizer
             >>> CLIPTokenizer.from_openai_vocab().encode("hello world")
             [49406, 3306, 1002, 49407]
         """
@@ -332,6 +336,7 @@ class TokenizerBase:
         """Ids -> text: ``</w>`` becomes a space, bytes are decoded as UTF-8 (bad bytes replaced).
 
         Example:
+            >>> from clipfast import CLIPTokenizer
             >>> CLIPTokenizer.from_openai_vocab().decode([49406, 3306, 1002, 49407], skip_special_tokens=True)
             'hello world'
         """
