@@ -79,7 +79,8 @@ def test_each_kind_builds_and_searches(faiss, tmp_path, data, kind):
         cosines = vectors[rows] @ (query / np.linalg.norm(query))
         np.testing.assert_allclose([score for _, score in hits], cosines, atol=1e-5)  # exact, re-scored
         assert [score for _, score in hits] == sorted((score for _, score in hits), reverse=True)
-    found = np.mean([len({i for i, _ in hits} & set(exact_top(vectors, q, 5))) / 5 for q, hits in zip(queries, results)])
+    found = np.mean([len({i for i, _ in hits} & set(exact_top(vectors, q, 5))) / 5
+                     for q, hits in zip(queries, results)])
     assert found >= 0.8, found
     assert index.search(queries[0], k=3) == results[0][:3]  # a 1-D query gives one list
     assert index.search(queries[0], k=3, exact=True) == [(i, pytest.approx(s, abs=1e-6)) for i, s in

@@ -16,9 +16,10 @@ ivfpq     ``IVF{k},PQ{m}x{b}``        (m·b/8 + 8)·n bytes             ``nprobe
 ========  ==========================  =============================  ====================================
 
 ``auto`` (see :func:`choose`): ``flat`` below 10,000 rows, then ``ivf`` while its file fits the budget, then
-``ivfpq`` with the most sub-quantizers (at most one per 8 dims) that fit; the budget always wins over the row count. ``k`` is the power
-of two nearest ``2·sqrt(n)``: measured on this machine, it builds 1M rows in minutes where autofaiss' ``4·sqrt(n)``
-doubles the training and assignment time for no recall gain once candidates are re-scored.
+``ivfpq`` with the most sub-quantizers (at most one per 8 dims) that fit; the budget always wins over the row
+count. ``k`` is the power of two nearest ``2·sqrt(n)``, half autofaiss' ``4·sqrt(n)``: k-means training and list
+assignment cost grow with ``k``, and on 2 cores the smaller ``k`` keeps a 1M-row build within minutes, while
+recall comes from probing more lists (tuned per index). docs/search.md has the measurements.
 
 Example:
     >>> plan = choose(1_000_000, 512, parse_memory("1GB"))
