@@ -254,3 +254,16 @@ def test_checks_leave_graph_capture_alone(model, monkeypatch):
         torch.testing.assert_close(traced(other), model.get_text_features(input_ids=other))
         model.get_text_features(input_ids=other)  # outside a capture, the value check runs
     assert calls
+
+
+def test_classification_labels():
+    model = clipfast.CLIPForImageClassification(clipfast.CLIPConfig(**tiny_config_dict(), num_labels=3)).eval()
+    pixels = torch.rand(2, 3, 30, 30)
+    assert model(pixel_values=pixels, labels=torch.tensor([0, 2])).loss is not None
+    for bad in (3, -1):
+        with pytest.raises(InputIndexError, match=rf"labels holds class {bad}, outside \[0, 3\) \(num_labels=3\)"):
+            model(pixel_values=pixels, labels=torch.tensor([0, bad]))
+    with pytest.raises(InputTypeError, match="labels must be a torch.Tensor, got list"):
+        model(pixel_values=pixels, labels=[0, 2])
+    multi = clipfast.CLIPForImageClassification(clipfast.CLIPConfig(**tiny_config_dict(), num_labels=3)).eval()
+    assert multi(pixel_values=pixels, labels=torch.tensor([[0.0, 1.0, 1.0], [1.0, 0.0, 0.0]])).loss is not None

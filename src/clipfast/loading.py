@@ -22,6 +22,7 @@ from clipfast.configuration import PretrainedConfig
 from clipfast.errors import CheckpointError
 from clipfast.hub import load_weights, resolve_weights, save_weights
 from clipfast.kernels import cpu_has_native_bf16, drop_packs
+from clipfast.model_inputs import check_labels
 
 logger = logging.getLogger("clipfast")
 
@@ -468,9 +469,11 @@ class PreTrainedModel(nn.Module):
     def classification_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """A classifier's loss as transformers picks it by ``config.problem_type`` (set from the labels if
         unset): MSE for regression, cross-entropy for single-label, BCE-with-logits for multi-label."""
-        labels = labels.to(logits.device)
+        num_labels = self.config.num_labels
+        single_label = self.config.problem_type in (None, "single_label_classification") and num_labels > 1
+        labels = check_labels(labels, num_labels, single_label).to(logits.device)
         if self.config.problem_type is None:
-            if self.num_labels == 1:
+            if num_labels == 1:
                 self.config.problem_type = "regression"
             elif labels.dtype in (torch.long, torch.int):
                 self.config.problem_type = "single_label_classification"
@@ -478,11 +481,11 @@ class PreTrainedModel(nn.Module):
                 self.config.problem_type = "multi_label_classification"
         problem = self.config.problem_type
         if problem == "regression":
-            if self.num_labels == 1:
+            if num_labels == 1:
                 return nn.functional.mse_loss(logits.squeeze(), labels.squeeze().to(logits.dtype))
             return nn.functional.mse_loss(logits, labels.to(logits.dtype))
         if problem == "single_label_classification":
-            return nn.functional.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
+            return nn.functional.cross_entropy(logits.view(-1, num_labels), labels.view(-1))
         if problem == "multi_label_classification":
             return nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
         raise ValueError(f"problem_type={problem!r} is not one of 'regression', 'single_label_classification', "

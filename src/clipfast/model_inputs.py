@@ -54,7 +54,7 @@ def check_token_ids(name: str, ids: Any, table_size: int | None, table: str, fix
         raise InputError(f"{name} is empty (shape {tuple(ids.shape)}): pass at least one sequence of at least one "
                          "token, shaped (batch, sequence length).")
     if table_size is not None and not graph_capture():
-        low, high = (int(v) for v in torch.aminmax(ids))
+        low, high = torch.stack(torch.aminmax(ids)).tolist()  # one device sync
         if low < 0 or high >= table_size:
             bad = low if low < 0 else high
             raise InputIndexError(
@@ -132,3 +132,16 @@ def check_loss_pairs(texts: int, images: int) -> None:
         raise InputIndexError(f"return_loss=True needs one text per image (the contrastive loss pairs text i with "
                               f"image i), got {texts} texts and {images} images. Pass as many of each, or call "
                               "without return_loss for the similarity logits alone.")
+
+
+def check_labels(labels: Any, num_labels: int, single_label: bool) -> torch.Tensor:
+    """Classification labels: a tensor; integer class indices in ``[0, num_labels)`` for single-label
+    classification."""
+    labels = require_tensor("labels", labels, "Pass the labels as a tensor, e.g. torch.tensor([0, 2, 1]).")
+    if single_label and labels.dtype in _ID_DTYPES and labels.numel() and not graph_capture():
+        low, high = torch.stack(torch.aminmax(labels)).tolist()
+        if low < 0 or high >= num_labels:
+            raise InputIndexError(f"labels holds class {low if low < 0 else high}, outside [0, {num_labels}) "
+                                  f"(num_labels={num_labels}): pass class indices, or build the model with the "
+                                  "right num_labels.")
+    return labels
