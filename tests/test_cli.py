@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import transformers
 from PIL import Image
 
 import clipfast
+import helpers
 from clipfast.index import IDS, VECTORS, IndexWriter, open_index, top_k
 
 LABELS = ["cat", "dog", "a red car"]
@@ -152,7 +152,7 @@ def test_search_finds_nearest_first(workdir, runs):
 def test_info(workdir, runs):
     assert runs["info"].returncode == 0, runs["info"].stderr
     facts = json.loads(runs["info"].stdout)
-    reference = transformers.CLIPModel.from_pretrained(workdir / "model")
+    reference = helpers.reference("transformers").CLIPModel.from_pretrained(workdir / "model")
     assert facts["parameters"] == sum(p.numel() for p in reference.parameters())
     assert facts["architecture"] == "CLIPModel" and facts["dtype"] == "float32" and facts["embedding dim"] == 16
     assert str(workdir / "model") in facts["loaded from"] and "model.safetensors" in facts["files"]
