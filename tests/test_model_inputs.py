@@ -146,11 +146,15 @@ def test_ids_of_other_ranks_are_sequences_as_in_the_reference(model):
 def test_position_ids(model):
     with torch.no_grad():
         want = model.get_text_features(input_ids=IDS)
-        torch.testing.assert_close(model.get_text_features(input_ids=IDS, position_ids=torch.arange(3)[None]), want)
+        for positions in (torch.arange(3)[None], torch.arange(3)):
+            torch.testing.assert_close(model.get_text_features(input_ids=IDS, position_ids=positions), want)
     with pytest.raises(InputTypeError, match="position_ids must be a torch.Tensor, got list"):
         model.get_text_features(input_ids=IDS, position_ids=[[0, 1, 2]])
     with pytest.raises(InputIndexError, match=r"position_ids holds 64, outside \[0, 64\) .*Leave position_ids out"):
         model.get_text_features(input_ids=IDS, position_ids=torch.tensor([[0, 1, 64]]))
+    for shape in ((1, 4), (2, 3), (1, 1, 3)):
+        with pytest.raises(InputError, match=rf"position_ids has shape \({shape[0]}, .* but input_ids has shape"):
+            model.get_text_features(input_ids=IDS, position_ids=torch.zeros(shape, dtype=torch.long))
     with pytest.raises(InputTypeError, match="position_ids must hold integer"):
         model.get_text_features(input_ids=IDS, position_ids=torch.tensor([[0.0, 1.0, 2.0]]))
 

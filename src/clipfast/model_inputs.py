@@ -70,10 +70,15 @@ def check_text_inputs(input_ids: Any, attention_mask: Any, position_ids: Any, vo
         raise ValueError("You have to specify input_ids (token ids from CLIPTokenizer).")
     input_ids = check_token_ids("input_ids", input_ids, vocab_size, "vocab_size")
     input_ids = input_ids.view(-1, input_ids.shape[-1])  # (B, T)
+    batch, length = input_ids.shape
     if position_ids is not None:
-        check_token_ids("position_ids", position_ids, max_positions, "max_position_embeddings",
-                        fix="Leave position_ids out: the default is 0, 1, ..., T-1.")
-    return input_ids, check_text_mask(attention_mask, *input_ids.shape)
+        fix = "Leave position_ids out: the default is 0, 1, ..., T-1."
+        check_token_ids("position_ids", position_ids, max_positions, "max_position_embeddings", fix=fix)
+        rows = position_ids.shape[0] if position_ids.dim() == 2 else 1  # (T,) applies to every row, as (1, T)
+        if position_ids.dim() > 2 or position_ids.shape[-1] != length or rows not in (1, batch):
+            raise InputError(f"position_ids has shape {tuple(position_ids.shape)} but input_ids has shape "
+                             f"({batch}, {length}): give one position per token, shaped (1 or batch, length). {fix}")
+    return input_ids, check_text_mask(attention_mask, batch, length)
 
 
 def check_sequence_length(length: int, max_positions: int) -> None:
