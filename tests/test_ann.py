@@ -304,6 +304,10 @@ def test_parquet_layout_with_two_embedding_columns(faiss, tmp_path):
     assert images.row_of("item3") is None and texts.row_of("item3") == 3 and images.row_of("item2500") == 2500
     assert images.record(3) == {"id": "item3", "caption": "caption 3", "url": "http://example.com/3.jpg"}
     assert images.search(image[3], k=1)[0][0] != "item3"  # the failed image is not searchable
+    np.testing.assert_array_equal(images.vector(2500), image[2500])
+    np.testing.assert_array_equal(texts.vector(3), text[3])
+    with pytest.raises(ValueError, match="row 3 has no vector"):
+        images.vector(3)
     with pytest.raises(ValueError, match="not an embedding column"):
         open_index(folder, column="caption")
 
@@ -342,3 +346,6 @@ def test_memory_mapped_open(faiss, tmp_path, data):
     mapped, loaded = open_index(folder, mmap=True), open_index(folder)
     assert mapped.kind == "ivf" and mapped.search(data[1]) == loaded.search(data[1])
     assert mapped.search_records(data[1][0], k=2)[0]["id"] == loaded.search(data[1][0], k=1)[0][0]
+    np.testing.assert_array_equal(mapped.vector(5), data[0][5])
+    with pytest.raises(ValueError, match="no vector"):
+        mapped.vector(len(data[0]))

@@ -48,6 +48,10 @@ class Store:
         """Dataset rows of positions."""
         return np.asarray(positions, dtype=np.int64)
 
+    def position(self, row: int) -> int | None:
+        """The position of a dataset row, None when the row has no vector (or does not exist)."""
+        return row if 0 <= row < len(self) else None
+
     def record(self, row: int) -> dict[str, Any]:
         """``{"id": ..., **metadata}`` of a dataset row."""
         raise NotImplementedError
@@ -126,6 +130,10 @@ class ParquetStore(Store):
 
     def rows(self, positions: np.ndarray) -> np.ndarray:
         return self._rows[np.asarray(positions, dtype=np.int64)]
+
+    def position(self, row: int) -> int | None:
+        found = int(np.searchsorted(self._rows, row))
+        return found if found < len(self._rows) and self._rows[found] == row else None
 
     @property
     def ids(self) -> list[str]:

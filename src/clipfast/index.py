@@ -483,6 +483,14 @@ class Index:
         """The row of ``item_id`` when it is searchable (has a vector in this column), else None."""
         return self._store.row_of(item_id)
 
+    def vector(self, row: int) -> np.ndarray:
+        """The stored (L2-normalised) float32 vector of a row ("more like this"); an error for a row without one."""
+        position = None if isinstance(row, bool) else self._store.position(int(row))
+        if position is None:
+            raise InputError(f"row {row!r} has no vector in this collection ({len(self)} searchable rows"
+                             + (f", column {self.column!r})." if self.column else ")."))
+        return np.asarray(self._store.take(np.array([position]))[0], dtype=np.float32)
+
     def record(self, row: int) -> dict[str, Any]:
         """``{"id": ..., **passed-through metadata}`` of a row."""
         if isinstance(self._store, _NpyStore) and not 0 <= row < len(self._store):
