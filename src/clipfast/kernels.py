@@ -167,7 +167,7 @@ def forward_ad_active() -> bool:
 
 
 def cpu_packs(module: nn.Module, x: torch.Tensor, layers: list[nn.Module],
-               build: Callable[[], dict[str, PackedLinear]], salt: Any = None) -> dict[str, PackedLinear] | None:
+              build: Callable[[], dict[str, PackedLinear]], salt: Any = None) -> dict[str, PackedLinear] | None:
     """The module's packs of ``layers`` if ``x`` is a CPU float32 inference input and packing is on, else None.
 
     ``salt``: whatever else ``build`` folds into the packs (the MLP's activation); a different one rebuilds them.
@@ -194,8 +194,6 @@ def cpu_packs(module: nn.Module, x: torch.Tensor, layers: list[nn.Module],
     if entry[1] is None:  # published whole, so a thread reading the table sees a record and its packs together
         entry = _PACKS[module] = (WeightsSeen.of(params, salt, sample=True), build())
     return entry[1]
-
-
 
 
 def drop_packs(module: nn.Module) -> None:
