@@ -1,6 +1,6 @@
 """``clipfast serve`` under load: concurrent clients on loopback, dynamic batching on and off.
 
-    python benchmarks/bench_server.py [--clients 1 8 32 128] [--seconds 24] [--quick]
+    python benchmarks/bench_server.py [--clients 1 8 32 128] [--seconds 24] [--max-wait-ms MS] [--quick]
 
 Two servers run as subprocesses (``clipfast serve``), one with the default batching and one with
 ``--max-batch-size 1`` (batching off); for each number of clients and each modality they are loaded in turn with
@@ -115,13 +115,38 @@ def load(host: str, port: int, path: str, bodies, clients: int, warmup: float, s
     threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        thread.join()
+    for thread in threads:  # requests still out long after the window count as unanswered (settle() waits)
+        thread.join(max(0.0, end + seconds - time.perf_counter()))
     latencies.sort()
     pick = (lambda q: 1000 * latencies[min(len(latencies) - 1, int(q * len(latencies)))]) if latencies else (
         lambda q: float("nan"))
     return {"req/s": len(latencies) / seconds, "p50 ms": pick(0.50), "p99 ms": pick(0.99), "errors": errors[0],
             "answered": len(latencies)}
+
+
+def settle(servers: dict, timeout: float = 600.0) -> None:
+    """Wait until no server has work pending, so that one run's leftovers do not load the next."""
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        busy = 0
+        for _, host, port in servers.values():
+            connection = http.client.HTTPConnection(host, port, timeout=600)
+            connection.request("GET", "/info")
+            batching = json.loads(connection.getresponse().read())["batching"]
+            connection.close()
+            busy += batching["text"]["pending"] + batching["image"]["pending"]
+        if not busy:
+            return
+        time.sleep(0.5)
+
+
+def batch_counters(host: str, port: int, modality: str) -> tuple[int, int]:
+    """(model calls, items run) of one modality so far, from the server's /info."""
+    connection = http.client.HTTPConnection(host, port, timeout=600)
+    connection.request("GET", "/info")
+    counters = json.loads(connection.getresponse().read())["batching"][modality]
+    connection.close()
+    return counters["calls"], counters["items"]
 
 
 def model_throughput(model: Path, image: str, repeats: int = 3) -> dict[str, float]:
@@ -158,7 +183,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=24.0, help="measured seconds per image run (texts: half)")
     parser.add_argument("--warmup", type=float, default=6.0, help="seconds of load before measuring")
     parser.add_argument("--quick", action="store_true", help="a small run: 1 and 8 clients, 5 s each")
-    parser.add_argument("--batching", nargs="*", default=[], help="extra serve options for the batching-on server")
+    parser.add_argument("--max-wait-ms", help="--max-wait-ms of the batching-on server (default: serve's)")
+    parser.add_argument("--max-batch-size", help="--max-batch-size of the batching-on server (default: serve's)")
     args = parser.parse_args()
     if args.quick:
         args.clients, args.seconds, args.warmup = [1, 8], 5.0, 2.0
@@ -168,7 +194,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_server_") as tmp:
         model = make_folder(Path(tmp))
         before = model_throughput(model, image)
-        servers = {"on": start_server(model, *args.batching), "off": start_server(model, "--max-batch-size", "1")}
+        options = [item for name in ("max_wait_ms", "max_batch_size") if getattr(args, name) is not None
+                   for item in ("--" + name.replace("_", "-"), getattr(args, name))]
+        servers = {"on": start_server(model, *options), "off": start_server(model, "--max-batch-size", "1")}
         rows = []
         try:
             for clients in args.clients:
@@ -176,8 +204,12 @@ def main() -> None:
                     seconds = args.seconds if modality == "image" else args.seconds / 2
                     for mode in ("on", "off"):  # interleaved, so that drift in the machine's load hits both
                         _, host, port = servers[mode]
+                        settle(servers)
+                        calls = batch_counters(host, port, modality)
                         result = load(host, port, "/embed", bodies[modality], clients, args.warmup, seconds)
-                        rows.append({"modality": modality, "clients": clients, "batching": mode, **result})
+                        calls = [after - before for before, after in zip(calls, batch_counters(host, port, modality))]
+                        rows.append({"modality": modality, "clients": clients, "batching": mode, **result,
+                                     "items/call": calls[1] / max(1, calls[0])})
                         print(rows[-1], flush=True)
             for clients in (32, 128):  # the HTTP stack alone: what it answers without a model call
                 _, host, port = servers["on"]

@@ -80,8 +80,12 @@ def client(clip):
 def test_health_and_info(client):
     assert client("/health") == (200, {"status": "ok"})
     status, info = client("/info/")
+    batching = info.pop("batching")
     assert status == 200 and info == {"model": "tiny", "dim": 16, "image_size": 32, "context_length": 77,
                                       "device": "cpu", "dtype": "float32"}
+    assert {key: batching[key] for key in ("max_batch_size", "max_wait_ms", "max_queue")} == {
+        "max_batch_size": 32, "max_wait_ms": 10.0, "max_queue": 512}
+    assert set(batching["text"]) == {"calls", "items", "pending"}
 
 
 def test_embed_equals_the_pipeline(client, clip):
@@ -303,6 +307,13 @@ def test_the_serve_command(model_dir):
     bad = subprocess.run([sys.executable, "-m", "clipfast", "serve", "--model", str(model_dir), "--port", "70000"],
                          env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--port must be" in bad.stderr
+    for options, message in ((["--max-batch-size", "0"], "--max-batch-size and --max-queue must be at least 1"),
+                             (["--max-queue", "0"], "--max-queue must be at least 1"),
+                             (["--max-wait-ms", "nan"], "--max-wait-ms 0-60000"),
+                             (["--index", str(model_dir / "nowhere")], "is not a folder")):
+        bad = subprocess.run([sys.executable, "-m", "clipfast", "serve", "--model", str(model_dir), *options],
+                             env=env, capture_output=True, text=True, timeout=120)
+        assert bad.returncode == 2 and message in bad.stderr, bad.stderr
     for value in ("nan", "inf", "1e-9"):
         bad = subprocess.run([sys.executable, "-m", "clipfast", "serve", "--model", str(model_dir),
                               "--max-body-mb", value], env=env, capture_output=True, text=True, timeout=120)
@@ -353,6 +364,40 @@ def test_the_batcher_splits_and_joins_requests():
         assert results == {i: [10 * x for x in range(100 * i, 100 * i + i + 1)] for i in range(4)}
         assert sorted(len(call) for call in calls) == [2, 4, 4] and batcher.calls == 3 and batcher.items_run == 10
         assert batcher.submit([]) == [] and batcher.pending() == 0
+    finally:
+        batcher.close(10)
+
+
+def test_the_batcher_waits_for_requests_still_being_decoded():
+    """A request admitted (its images still decoding) joins the batch of one that queued just before it."""
+    from clipfast.batching import DynamicBatcher
+
+    sizes: list[int] = []
+
+    def run(items):
+        sizes.append(len(items))
+        threading.Event().wait(1.0 if items == ["slow"] else 0)
+        return items
+
+    batcher = DynamicBatcher(run, max_batch_size=8, max_wait_ms=0)
+    try:
+        batcher.submit(["slow"])  # the last call took 1 s: items on their way are waited for up to that
+        decoding, queued = threading.Event(), threading.Event()
+
+        def late() -> None:
+            with batcher.admit(1):
+                decoding.set()
+                queued.wait(30)
+                assert batcher.submit(["b"]) == ["b"]
+
+        thread = threading.Thread(target=late)
+        thread.start()
+        decoding.wait(30)
+        job = batcher.enqueue(["a"])
+        queued.set()
+        assert job.result() == ["a"]
+        thread.join(30)
+        assert sizes == [1, 2]
     finally:
         batcher.close(10)
 

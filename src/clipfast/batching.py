@@ -3,7 +3,8 @@
 A server thread calls :meth:`DynamicBatcher.submit` with one request's items and blocks until that request's rows
 are ready. One worker thread per batcher takes items from the front of the queue, up to ``max_batch_size`` of them
 or whatever arrived within ``max_wait_ms`` of the oldest one, whichever comes first, and runs them in one call of
-``run`` (one model call). A request larger than a batch is split over several calls; a batch may hold the tail of
+``run`` (one model call). Requests admitted and still being decoded are waited for a little longer (at most as long
+as the last call took), so that clients who sent together are not split over two calls. A request larger than a batch is split over several calls; a batch may hold the tail of
 one request and the head of the next, but each request only ever gets its own rows back, in its own order.
 
 The queue is bounded in items: :meth:`admit` reserves room for a request before the server decodes it, and refuses
@@ -30,7 +31,7 @@ from clipfast.errors import ClipfastError
 
 DEFAULT_MAX_BATCH_SIZE = 32
 DEFAULT_MAX_WAIT_MS = 10.0
-DEFAULT_MAX_QUEUE = 2048
+DEFAULT_MAX_QUEUE = 512  # items per modality: 16 batches of 32; 512 images of pixels are ~300 MB at 224 px
 
 
 class QueueFull(ClipfastError):
@@ -85,6 +86,10 @@ class DynamicBatcher:
         self._cond = threading.Condition()
         self._jobs: collections.deque[Job] = collections.deque()
         self._admitted = 0  # items reserved by admit() and not yet released
+        # items admitted and not yet queued, by request thread: their requests are still being decoded, and a
+        # batch that is not full waits for them (up to a bound) instead of leaving them for the next call
+        self._incoming: dict[int, int] = {}
+        self._last_call = 0.0  # seconds the last call of run took
         self._closed = False
         self._item_seconds = 0.0  # running mean of a call's seconds per item, for Retry-After
         self.calls = 0  # model calls made, and the items they held (for tests and /info)
@@ -105,11 +110,17 @@ class DynamicBatcher:
                 raise QueueFull(f"The {self.name} queue is full ({self._admitted} of {self.max_queue} items "
                                 f"waiting); retry later.", self._retry_after())
             self._admitted += count
+            thread = threading.get_ident()
+            self._incoming[thread] = self._incoming.get(thread, 0) + count
         try:
             yield
         finally:
             with self._cond:
                 self._admitted -= count
+                left = self._incoming.pop(thread, 0) - count
+                if left > 0:  # (an admission around this one, in the same thread)
+                    self._incoming[thread] = left
+                self._cond.notify_all()
 
     def submit(self, items: Sequence[Any]) -> list[Any]:
         """Run ``items`` (one request's) in the next batches and return their rows, in order.
@@ -128,6 +139,9 @@ class DynamicBatcher:
             if self._closed:
                 raise QueueFull(f"The server is shutting down; the {self.name} queue takes no new work.", 5)
             self._jobs.append(job)
+            thread = threading.get_ident()
+            if thread in self._incoming:
+                self._incoming[thread] = max(0, self._incoming[thread] - len(job.items))
             self._cond.notify_all()
         return job
 
@@ -161,17 +175,25 @@ class DynamicBatcher:
                     self._cond.wait()
                 if not self._jobs:
                     return  # closed and drained
-                # wait for more items until the batch is full or the oldest item has waited max_wait
-                deadline = self._jobs[0].arrived + self.max_wait
-                while self._waiting() < self.max_batch_size and not self._closed:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._cond.wait(left)
+                self._wait_for_company()
             with self._lock:  # items that arrive while another batcher's call runs join this batch
                 with self._cond:
                     batch = self._take()
                 self._run(batch)
+
+    def _wait_for_company(self) -> None:
+        """Hold the oldest queued item until the batch is full, or it has waited ``max_wait`` and no admitted
+        request is still decoding; items on their way are waited for at most as long as the last call took
+        (capped at 1 s), so that closed-loop clients who sent together run together."""
+        oldest = self._jobs[0].arrived
+        deadline, bound = oldest + self.max_wait, oldest + self.max_wait + min(1.0, self._last_call)
+        while self._waiting() < self.max_batch_size and not self._closed:
+            now = time.monotonic()
+            coming = any(self._incoming.values()) and now < bound
+            left = (bound if coming else deadline) - now
+            if left <= 0:
+                return
+            self._cond.wait(left)
 
     def _waiting(self) -> int:
         return sum(len(job.items) - job.taken for job in self._jobs)
@@ -202,7 +224,8 @@ class DynamicBatcher:
                 job.error = err
                 job.finished.set()
             return
-        seconds = (time.perf_counter() - started) / len(items)
+        self._last_call = time.perf_counter() - started
+        seconds = self._last_call / len(items)
         self._item_seconds = seconds if not self.calls else 0.8 * self._item_seconds + 0.2 * seconds
         self.calls += 1
         self.items_run += len(items)

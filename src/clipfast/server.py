@@ -9,7 +9,8 @@ Endpoints (JSON in, JSON out; errors are ``{"error": "..."}`` with a 4xx status,
 when the queue is full):
 
 - ``GET /health``: ``{"status": "ok"}``.
-- ``GET /info``: the model, its embedding size, image size, context length, device and dtype (and the index).
+- ``GET /info``: the model, its embedding size, image size, context length, device and dtype; the batching
+  settings and counters (model calls and items run, per modality); the index.
 - ``POST /embed``: ``{"texts": [...], "images": [...], "truncate": false}`` -> ``{"text_embeddings": [[...]],
   "image_embeddings": [[...]], "dim": E}``; L2-normalised, in input order; either list may be left out.
 - ``POST /classify``: ``{"images": [...], "labels": [...], "top_k": null, "hypothesis_template": "..."}`` ->
@@ -38,6 +39,7 @@ import logging
 import math
 import signal
 import socket
+import sys
 import threading
 import urllib.parse
 from dataclasses import dataclass, field
@@ -121,12 +123,17 @@ class ClipService:
     # -- endpoints ---------------------------------------------------------------------------------------------
 
     def info(self, query: Any = None) -> dict[str, Any]:
-        """The model's name, embedding size, image size, context length, device and dtype (and the index)."""
+        """The model's name, embedding size, image size, context length, device and dtype; the batching settings
+        and counters; the index."""
         config = self.clip.model.config
         out = {"model": self.model_name, "dim": int(config.projection_dim),
                "image_size": int(config.vision_config.image_size),
                "context_length": int(config.text_config.max_position_embeddings),
                "device": str(self.clip.device), "dtype": str(self.clip.model.dtype).replace("torch.", "")}
+        out["batching"] = {"max_batch_size": self.texts.max_batch_size, "max_wait_ms": self.texts.max_wait * 1000,
+                           "max_queue": self.texts.max_queue,
+                           **{name: {"calls": batcher.calls, "items": batcher.items_run, "pending": batcher.pending()}
+                              for name, batcher in (("text", self.texts), ("image", self.images))}}
         if self.index is not None:
             out["index"] = {"rows": len(self.index), "kind": self.index.kind, "model": self.index.model,
                             "search": self.index.method}
@@ -474,6 +481,15 @@ class ClipHTTPServer(ThreadingHTTPServer):
             self._in_flight -= 1
             self._idle.notify_all()
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A connection that failed outside a request's own handling (a client that hung up mid-answer) goes
+        to the log, not to stderr as a traceback."""
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            logger.info("%s hung up: %s", client_address[0], error)
+        else:
+            logger.exception("connection from %s failed", client_address[0])
+
     def drain(self, timeout: float = DEFAULT_DRAIN_SECONDS) -> bool:
         """Stop listening, wait up to ``timeout`` seconds for the requests in flight to be answered, then stop
         the batchers. Returns whether every request was answered. Call after ``serve_forever`` returned."""
@@ -665,7 +681,8 @@ class _Handler(BaseHTTPRequestHandler):
         if isinstance(payload, _Raw):
             kind, data, headers = payload.content_type, payload.data, {**payload.headers, **(headers or {})}
         else:
-            kind, data = "application/json", json.dumps(payload).encode("utf-8")
+            # default=str: an index's metadata may hold dates or decimals, which JSON has no type for
+            kind, data = "application/json", json.dumps(payload, default=str).encode("utf-8")
         self.send_response(status)
         self.send_header("Content-Type", kind)
         self.send_header("X-Content-Type-Options", "nosniff")
