@@ -1,9 +1,9 @@
 """The Ray engine (``clipfast embed --engine ray``) and ``clipfast.ray.EmbedImages`` / ``EmbedTexts``.
 
-Every run is a subprocess: an embedded local Ray, a head + worker cluster on this machine (joined at 127.0.0.1) with ``ray start
---block`` (stopped by terminating those two processes, never ``ray stop``, which would end every Ray on the
-machine), a run killed (driver, then a worker) and resumed, a table of URLs served on loopback with 404s and
-truncated files, and an address where no cluster answers. Outputs are compared with the single-process engine.
+Every run is a subprocess: an embedded local Ray, a head + worker cluster on this machine (joined at 127.0.0.1)
+with ``ray start --block`` (stopped by terminating those two processes, never ``ray stop``, which would end every
+Ray on the machine), a run killed (driver, then a worker) and resumed, a table of URLs served on loopback with
+404s and truncated files, and an address where no cluster answers. Outputs are compared with the single-process engine.
 """
 
 from __future__ import annotations

@@ -40,7 +40,6 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple
 
 from clipfast.constants import IMAGE_EXTENSIONS
@@ -116,13 +115,6 @@ class Plan:
         parts = [{k: v for k, v in p.to_dict().items() if k not in ("path", "paths")} for p in self.partitions]
         text = json.dumps(parts + [self.columns], sort_keys=True)
         return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-
-    @property
-    def rows(self) -> int | None:
-        """Rows in all partitions, or None while a shard's count is unknown (it is known once read)."""
-        if any(p.kind == "shard" for p in self.partitions):
-            return None
-        return sum(len(p.ids) if p.kind == "files" else p.length for p in self.partitions)
 
 
 def plan_sources(items: Iterable[str], image_column: str | None = None, text_column: str | None = None,
@@ -703,7 +695,8 @@ def write_output_meta(out: str, plan: Plan, meta: dict[str, Any], counts: dict[s
 
 
 def _write_whole(path: str, data: bytes) -> None:
-    temp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+    folder, name = os.path.split(path)
+    temp = os.path.join(folder, f"{_TEMP_PREFIX}{name}.{uuid.uuid4().hex[:8]}")
     with open(temp, "wb") as handle:
         handle.write(data)
     os.replace(temp, path)

@@ -356,9 +356,10 @@ def _embed_parquet(args: argparse.Namespace) -> int:
     if args.engine == "ray":
         from clipfast.ray import embed_ray
 
+        debug = args.debug or os.environ.get(DEBUG_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
         counts = embed_ray(plan, args.out, model, address=args.address, workers=args.workers,
                            cpus_per_worker=args.cpus_per_worker, device=args.device, dtype=args.dtype,
-                           batch_size=args.batch_size, debug=args.debug)
+                           batch_size=args.batch_size, debug=debug)
     else:
         counts = bulk.embed_local(plan, args.out, model, device=args.device, dtype=args.dtype,
                                   batch_size=args.batch_size)

@@ -69,13 +69,13 @@ class _Embed:
 
     def _table(self, batch: Any) -> tuple[dict[str, Any], bool]:
         """A batch as a dict of columns (NumPy or pandas batches), and whether it came as pandas."""
-        if hasattr(batch, "to_dict") and hasattr(batch, "columns"):  # pandas.DataFrame
-            return {name: batch[name].to_numpy() for name in batch.columns}, True
-        if not isinstance(batch, dict) or self.column not in batch:
+        as_pandas = hasattr(batch, "to_dict") and hasattr(batch, "columns")  # a pandas.DataFrame
+        columns = {name: batch[name].to_numpy() for name in batch.columns} if as_pandas else batch
+        if not isinstance(columns, dict) or self.column not in columns:
             raise InputError(f"The batch has no {self.column!r} column (columns: "
-                             f"{sorted(batch) if isinstance(batch, dict) else type(batch).__name__}); pass "
+                             f"{sorted(columns) if isinstance(columns, dict) else type(batch).__name__}); pass "
                              f"column=... to name the one to embed.")
-        return dict(batch), False
+        return dict(columns), as_pandas
 
     def _out(self, columns: dict[str, Any], vectors: Any, as_pandas: bool) -> Any:
         columns[self.output_column] = vectors
@@ -120,9 +120,11 @@ class EmbedImages(_Embed):
         if bad and self.on_error == "raise":
             raise images[bad[0]]
         if bad:
-            keep = np.array([i not in set(bad) for i in range(len(images))])
-            columns = {name: np.asarray(values)[keep] for name, values in columns.items()}
-            images = [image for i, image in enumerate(images) if keep[i]]
+            keep = np.ones(len(images), dtype=bool)
+            keep[bad] = False
+            columns = {name: values[keep] if isinstance(values, np.ndarray) else
+                       [v for v, k in zip(values, keep) if k] for name, values in columns.items()}
+            images = [image for image, k in zip(images, keep) if k]
         dim = int(self.clip.model.config.projection_dim)
         vectors = np.zeros((len(images), dim), dtype=np.float32)
         for start in range(0, len(images), self.batch_size):
