@@ -431,3 +431,12 @@ def test_valid_devices(clip):
         warnings.simplefilter("error")
         build(device="cpu", batch_size=1, num_workers=0)
     assert math.isfinite(build(device="cpu")(Image.new("RGB", (8, 8)), candidate_labels=["a", "b"])[0]["score"])
+
+
+def test_a_model_checks_fields_changed_after_the_config_was_made():
+    """Fields may be set one at a time; building a model checks them together (a patch larger than the image)."""
+    config = clipfast.CLIPVisionConfig(image_size=30, patch_size=2, hidden_size=32, intermediate_size=37,
+                                       num_hidden_layers=1, num_attention_heads=4)
+    config.patch_size = 64
+    with pytest.raises(InputError, match="patch_size=64 is larger than image_size=30"):
+        clipfast.CLIPVisionModel(config)

@@ -22,7 +22,7 @@ LAYERS: dict[int, tuple[str, ...]] = {
     4: ("modeling", "processing"),
     5: ("optimize", "auto", "convert"),
     6: ("pipelines",),
-    7: ("bulk", "ray", "index", "ann", "batching", "gallery", "server"),
+    7: ("bulk", "ray", "collection", "index", "ann", "batching", "gallery", "server"),
     8: ("cli", "__main__", "__init__", "models", "models.clip", "models.clip.configuration_clip",
         "models.clip.modeling_clip", "models.clip.tokenization_clip", "models.clip.tokenization_clip_fast",
         "models.clip.image_processing_clip", "models.clip.processing_clip"),

@@ -25,3 +25,13 @@ class ImageLoadError(ClipfastError, ValueError):
 
 class InputError(ClipfastError, ValueError):
     """A call got an argument of the wrong type, shape or value."""
+
+
+class InputTypeError(InputError, TypeError):
+    """An input of the wrong type, e.g. a list or NumPy array where a torch tensor is expected (also a TypeError,
+    which is what code written against transformers may catch)."""
+
+
+class InputIndexError(InputError, IndexError):
+    """An index outside its table: a token id past the vocabulary, a position past the position table (also an
+    IndexError, which transformers raises there)."""

@@ -403,6 +403,7 @@ class PreTrainedModel(nn.Module):
         if not isinstance(config, self.config_class):
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got "
                             f"{type(config).__name__}.")
+        config.validate()  # fields may have been changed one at a time since construction (e.g. patch_size)
         backend = config._attn_implementation
         if backend not in ATTN_IMPLEMENTATIONS:
             raise ValueError(f"attn_implementation={backend!r} is not supported; choose one of "

@@ -12,18 +12,10 @@ from typing import Any
 
 import torch
 
-from clipfast.errors import InputError
+from clipfast.errors import InputError, InputIndexError, InputTypeError  # noqa: F401  (re-exported)
 from clipfast.kernels import graph_capture
 
 _ID_DTYPES = (torch.long, torch.int)  # what nn.Embedding takes
-
-
-class InputTypeError(InputError, TypeError):
-    """An input of the wrong type, e.g. a list or NumPy array where a torch tensor is expected."""
-
-
-class InputIndexError(InputError, IndexError):
-    """An index outside its table: a token id past the vocabulary, a position past the position table."""
 
 
 def _kind(value: Any) -> str:
