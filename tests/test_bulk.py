@@ -326,3 +326,17 @@ def test_cli_summary_and_exit_code(data, tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit, match="2"):
         main(["embed", "table.parquet", "--out", str(tmp_path / "x"), "--workers", "2"])
     assert "need --engine ray" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_ray_actor_resources_without_ray():
+    """How --workers shares a cluster out (clipfast.ray imports without Ray; only its functions need it)."""
+    from clipfast.ray import actor_resources
+
+    assert actor_resources({"CPU": 64.0, "GPU": 8.0}, 1, None, None) == (8, 8, 1)  # one actor per GPU
+    assert actor_resources({"CPU": 2.0}, 1, None, None) == (1, 2, 0)  # CPU only: one actor with every core
+    assert actor_resources({"CPU": 32.0}, 4, None, None) == (4, 8, 0)  # one per node
+    assert actor_resources({"CPU": 8.0}, 1, 2, 1) == (2, 1, 0)
+    with pytest.raises(InputError, match="more model actors than the cluster has GPUs"):
+        actor_resources({"CPU": 8.0, "GPU": 1.0}, 1, 2, None)
+    with pytest.raises(InputError, match="need 8 CPUs"):
+        actor_resources({"CPU": 2.0}, 1, 2, 4)

@@ -35,7 +35,7 @@ from clipfast.bulk import (Partition, PartitionEmbedder, Plan, Progress, as_floa
                            load_one, output_lock, output_meta, prepare_output, rows_of)
 from clipfast.errors import ClipfastError, ImageLoadError, InputError
 
-CONNECT_TIMEOUT = 50.0  # seconds allowed to reach a cluster before giving up with one line (Ray retries for minutes)
+CONNECT_TIMEOUT = 40.0  # seconds allowed to reach a cluster before giving up with one line (Ray retries for minutes)
 _QUIET_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",  # no usage-stats prompt or upload
     "RAY_DISABLE_IMPORT_WARNING": "1",
