@@ -28,13 +28,12 @@ import warnings
 from contextlib import closing
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from clipfast.constants import DEFAULT_MODEL, DEFAULT_TEMPLATE
+from clipfast.constants import DEFAULT_MODEL, DEFAULT_TEMPLATE, IMAGE_EXTENSIONS
 from clipfast.errors import ClipfastError, ImageLoadError, InputError
 from clipfast.workers import POOL_SIZE_LIMIT, Lane, cpu_count, results_in_order, run_ahead
 
 MODEL_ENV = "CLIPFAST_MODEL"
 DEBUG_ENV = "CLIPFAST_DEBUG"
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".jfif", ".ico"}
 DTYPES = ("float32", "float16", "bfloat16", "auto")
 _CLASSIFY_CHUNK = 256  # images decoded and held in memory at once by classify
 
