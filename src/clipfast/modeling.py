@@ -438,13 +438,6 @@ class CLIPTextTransformer(nn.Module):
         rows = torch.arange(batch, device=hidden_states.device)
         return self.final_layer_norm(encoded.last_hidden_state[rows, positions.to(hidden_states.device)])
 
-        hidden_states = self.embeddings(input_ids=input_ids)
-        batch, length = input_ids.shape
-        causal = _causal_mask(batch, length, hidden_states.dtype, hidden_states.device)
-        encoded = self.encoder(hidden_states, None, causal, False, False)
-        rows = torch.arange(batch, device=hidden_states.device)
-        return self.final_layer_norm(encoded.last_hidden_state[rows, positions.to(hidden_states.device)])
-
     def _eos_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Index of the pooled token in each row (B,).
 
