@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -656,7 +657,8 @@ def test_search_by_text_image_embedding_and_row(search_server, indexed, clip):
     ({"embedding": [0.1] * 15}, "list of 16 numbers"),
     ({"embedding": [0.0] * 16}, "not all zeros"),
     ({"embedding": ["a"] * 16}, "list of 16 numbers"),
-    ({"row": 8}, '"row" must be an indexed row, 0 to 7'),
+    ({"row": 8}, "row 8 has no vector|out of range"),
+    ({"row": -1}, '"row" must be an indexed row number'),
     ({"row": True}, '"row" must be'),
     ({"query": "a"}, "Unknown field"),
 ])
@@ -712,3 +714,44 @@ def test_the_page_is_served_with_no_external_urls(search_server):
         assert not re.search(r"(?i)https?://|[\"'(=]\s*//\w|@import", seen[path]), path  # no CDN, no other host
     assert 'src="/static/app.js"' in seen["/"] and 'href="/static/style.css"' in seen["/"]
     assert all(word in seen["/"] for word in ('type="file"', 'type="search"', 'id="results"'))
+
+
+def test_search_over_a_parquet_collection(clip, tmp_path):
+    """Bulk embedding's layout (part-*.parquet + _clipfast.json): records carry their metadata, thumbnails come
+    from the ``path`` column, a row whose image failed has no vector, and URL ids are never fetched."""
+    pa = pytest.importorskip("pyarrow", reason="the Parquet layout needs pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    from clipfast.image_io import load_image
+
+    paths = []
+    for i in range(3):
+        paths.append(str(tmp_path / f"p{i}.png"))
+        Path(paths[-1]).write_bytes(_png(500 + i))
+    vectors = clip.image_embeddings([load_image(p) for p in paths]).numpy()
+    column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), 16)
+    column = pa.concat_arrays([column, pa.nulls(1, column.type)])  # a 4th row whose image failed
+    table = pa.table({"id": ["a", "b", "https://example.com/c.jpg", "d"], "image_embedding": column,
+                      "caption": ["first", "second", "third", "broken"], "path": paths + [None]})
+    folder = tmp_path / "collection"
+    folder.mkdir()
+    pq.write_table(table, folder / "part-00000.parquet")
+    (folder / "_clipfast.json").write_text(json.dumps({"model": "tiny", "dim": 16, "dtype": "float32",
+                                                       "columns": ["image_embedding"], "format": "parquet"}))
+    server = _serve(clip, index=str(folder))
+    client = _Client(server)
+    try:
+        status, results = client("/search", {"embedding": vectors[1].tolist(), "k": 2})
+        assert status == 200 and results[0]["id"] == "b" and results[0]["caption"] == "second", results
+        assert results[0]["row"] == 1 and results[0]["path"] == paths[1]
+        status, results = client("/search", {"row": 0, "k": 1})
+        assert status == 200 and results[0]["id"] == "a"
+        status, out = client("/search", {"row": 3})
+        assert status == 400 and "row 3" in out["error"]
+        with urllib.request.urlopen(client.url + "/thumbnail?id=b", timeout=30) as response:
+            assert response.headers["Content-Type"] == "image/jpeg"
+        for query in ("row=3", "row=9", "id=d", "id=" + urllib.parse.quote(paths[0], safe="")):
+            assert client("/thumbnail?" + query)[0] == 404, query
+    finally:
+        server.shutdown()
+        server.server_close()
+        server.service.close()

@@ -85,16 +85,21 @@ class Gallery:
         return {"id": self.index.ids[row], "row": row}
 
     def vector(self, row: int) -> np.ndarray:
-        """The stored (L2-normalised) vector of one row, float32."""
-        getter = getattr(self.index, "vector", None)
-        vector = getter(row) if getter is not None else self.index.vectors[row]
-        return np.asarray(vector, dtype=np.float32)
+        """The stored (L2-normalised) vector of one row, float32; an InputError for a row without one."""
+        if hasattr(self.index, "vector"):
+            return np.asarray(self.index.vector(row), dtype=np.float32)
+        if not 0 <= row < len(self):
+            raise InputError(f"row {row} is out of range: the index has {len(self)} rows.")
+        return np.asarray(self.index.vectors[row], dtype=np.float32)
 
     def image_source(self, row: int) -> Path | None:
         """The local image file of one row, or None (a text index, an id that is a URL, a file that is gone)."""
         if self.kind == "text":
             return None
-        record = self.record(row)
+        try:
+            record = self.record(row)
+        except (InputError, IndexError):  # not a row of this index
+            return None
         value = record.get("path") or record.get("id")
         if not isinstance(value, str) or "://" in value:
             return None

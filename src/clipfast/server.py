@@ -274,8 +274,9 @@ class ClipService:
         return self._row(int(text), HTTPStatus.NOT_FOUND)
 
     def _row(self, row: Any, status: int = HTTPStatus.BAD_REQUEST) -> int:
-        if isinstance(row, bool) or not isinstance(row, int) or not 0 <= row < len(self.index):
-            raise RequestError(f'"row" must be an indexed row, 0 to {len(self.index) - 1}; got {row!r}.', status)
+        """A row number as the client sent it; whether the index has that row, the index says."""
+        if isinstance(row, bool) or not isinstance(row, int) or row < 0:
+            raise RequestError(f'"row" must be an indexed row number (0 or more), got {row!r}.', status)
         return row
 
     def _check_count(self, count: int) -> None:
@@ -464,6 +465,8 @@ class ClipHTTPServer(ThreadingHTTPServer):
     """The threading HTTP server, counting the requests in flight so that it can stop without cutting them."""
 
     daemon_threads = True
+    # the listen backlog: socketserver's 5 drops (or resets) connections when many clients connect at once
+    request_queue_size = 1024
     service: ClipService
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
