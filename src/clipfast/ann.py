@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -167,6 +168,8 @@ def choose(rows: int, dim: int, memory: int, kind: str = "auto") -> Plan:
 
 def require_faiss() -> Any:
     """The faiss module, or an error saying how to install it."""
+    # faiss logs at INFO which of its builds it tries (AVX512, AVX2, ...): noise in a server's request log
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     try:
         import faiss
     except ImportError:
