@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks")]
+from common import benchmark_jpegs  # noqa: E402
 
 
 def _reference_runner():
@@ -102,8 +103,6 @@ def main() -> None:
 
     import torch
 
-    import image_fixtures
-
     runners = {"transformers CLIPImageProcessor": _reference_runner(),
                "clipfast CLIPImageProcessor": _ours_runner("CLIPImageProcessor"),
                "clipfast CLIPImageProcessorFast (cpu)": _ours_runner("CLIPImageProcessorFast"),
@@ -116,7 +115,7 @@ def main() -> None:
     if open_clip_run is not None:
         runners["open_clip preprocess (torchvision)"] = open_clip_run
     with tempfile.TemporaryDirectory() as folder:
-        paths = image_fixtures.benchmark_jpegs(Path(folder), args.images)
+        paths = benchmark_jpegs(Path(folder), args.images)
         for run in runners.values():  # warm-up: imports, caches, thread pools
             run(paths[:args.batch], args.batch)
         best = {name: float("inf") for name in runners}

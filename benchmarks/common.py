@@ -57,3 +57,27 @@ def _fmt(value: object) -> str:
             return ""
         return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
     return str(value)
+
+
+SAMPLES = ("astronaut", "coffee", "chelsea", "rocket", "camera")
+
+
+def benchmark_jpegs(folder: Path, count: int = 256, size: tuple[int, int] = (640, 480)) -> list[Path]:
+    """``count`` distinct JPEGs (640x480 by default) cropped and resized from scikit-image's sample photos."""
+    import numpy as np
+    import skimage.data
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    bases = [Image.fromarray(getattr(skimage.data, name)()).convert("RGB") for name in SAMPLES]
+    paths = []
+    for i in range(count):
+        base = bases[i % len(bases)]
+        w, h = base.size
+        cw, ch = int(w * rng.uniform(0.6, 1.0)), int(h * rng.uniform(0.6, 1.0))
+        x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        image = base.crop((x0, y0, x0 + cw, y0 + ch)).resize(size, Image.BICUBIC)
+        path = folder / f"bench_{i:04d}.jpg"
+        image.save(path, quality=90)
+        paths.append(path)
+    return paths

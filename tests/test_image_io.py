@@ -185,7 +185,10 @@ def test_truncated_pil_image_is_an_image_load_error(tmp_path, mode):
 @pytest.fixture(scope="module")
 def jpeg_paths(tmp_path_factory):
     folder = tmp_path_factory.mktemp("batches")
-    return image_fixtures.benchmark_jpegs(folder, count=11, size=(160, 120))
+    jpegs = [path for path in image_fixtures.photos(folder) if path.suffix == ".jpg"][:11]
+    for path in jpegs:  # one size (160x120) for every file, so that uncropped batches stack
+        Image.open(path).convert("RGB").resize((160, 120)).save(path, quality=90)
+    return jpegs
 
 
 def _reference_pixels(processor, paths):

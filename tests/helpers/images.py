@@ -96,20 +96,3 @@ def jpeg_bytes(image: Image.Image, quality: int = 90, exif_orientation: int | No
         exif[0x0112] = exif_orientation
         image.save(buf, "JPEG", quality=quality, exif=exif.tobytes())
     return buf.getvalue()
-
-
-def benchmark_jpegs(folder: Path, count: int = 256, size: tuple[int, int] = (640, 480)) -> list[Path]:
-    """``count`` distinct 640x480 JPEGs cropped and resized from the samples (for the benchmark)."""
-    rng = np.random.default_rng(0)
-    bases = [sample(name).convert("RGB") for name in SAMPLES]
-    paths = []
-    for i in range(count):
-        base = bases[i % len(bases)]
-        w, h = base.size
-        cw, ch = int(w * rng.uniform(0.6, 1.0)), int(h * rng.uniform(0.6, 1.0))
-        x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-        image = base.crop((x0, y0, x0 + cw, y0 + ch)).resize(size, Image.BICUBIC)
-        path = folder / f"bench_{i:04d}.jpg"
-        image.save(path, quality=90)
-        paths.append(path)
-    return paths
