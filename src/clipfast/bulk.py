@@ -38,12 +38,12 @@ import sys
 import tarfile
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple
 
 from clipfast.constants import IMAGE_EXTENSIONS
 from clipfast.errors import ImageLoadError, InputError
+from clipfast.workers import POOL_SIZE_LIMIT, Lane
 
 if TYPE_CHECKING:
     import numpy as np
@@ -535,8 +535,8 @@ class PartitionEmbedder:
         self.clip = load_model(model, device, dtype)
         self.out, self.columns, self.batch_size, self.timeout = out, columns, batch_size, timeout
         self.dim = int(self.clip.model.config.projection_dim)
-        self.pool = ThreadPoolExecutor(max_workers=decode_threads or min(16, os.cpu_count() or 1),
-                                       thread_name_prefix="clipfast-decode")
+        # decodes run on clipfast's one thread pool, at most this many at once
+        self.decodes = Lane(decode_threads or POOL_SIZE_LIMIT)
 
     def __call__(self, part: Partition) -> dict[str, Any]:
         started = time.monotonic()
@@ -561,7 +561,7 @@ class PartitionEmbedder:
             return None
         if chunk.images is None or "image_embedding" not in self.columns:
             return chunk, None
-        return chunk, [self.pool.submit(load_one, image, self.timeout) for image in chunk.images]
+        return chunk, [self.decodes.submit(load_one, image, self.timeout) for image in chunk.images]
 
     def _embed(self, chunk: Chunk, images: list | None) -> tuple[dict[str, Any], list[dict[str, str]]]:
         """One chunk's output columns and its failures."""
@@ -593,7 +593,7 @@ class PartitionEmbedder:
                 "extra": chunk.extra}, errors
 
     def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        """Nothing to release: the thread pool is clipfast's shared one, and every decode was awaited."""
 
 
 def _one_line(message: Any) -> str:

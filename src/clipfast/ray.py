@@ -34,6 +34,7 @@ from typing import Any, Iterator
 from clipfast.bulk import (Partition, PartitionEmbedder, Plan, Progress, as_float32, finish_output, load_model,
                            load_one, output_lock, output_meta, prepare_output, rows_of)
 from clipfast.errors import ClipfastError, ImageLoadError, InputError
+from clipfast.workers import POOL_SIZE_LIMIT, Lane, ordered_map
 
 CONNECT_TIMEOUT = 40.0  # seconds allowed to reach a cluster before giving up with one line (Ray retries for minutes)
 _QUIET_ENV = {
@@ -107,15 +108,13 @@ class EmbedImages(_Embed):
             raise InputError(f"on_error must be 'raise' or 'drop', got {on_error!r}.")
         super().__init__(model, column, output_column, device, dtype, batch_size)
         self.on_error = on_error
-        from concurrent.futures import ThreadPoolExecutor
-
-        self.pool = ThreadPoolExecutor(max_workers=threads or min(16, os.cpu_count() or 1))
+        self.decodes = Lane(threads or POOL_SIZE_LIMIT)  # on clipfast's one thread pool
 
     def __call__(self, batch: Any) -> Any:
         import numpy as np
 
         columns, as_pandas = self._table(batch)
-        images = list(self.pool.map(load_one, list(columns[self.column])))
+        images = ordered_map(load_one, list(columns[self.column]), lane=self.decodes)
         bad = [i for i, image in enumerate(images) if isinstance(image, ImageLoadError)]
         if bad and self.on_error == "raise":
             raise images[bad[0]]
