@@ -64,18 +64,18 @@ logger = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _load_source(image: Any) -> Any:
+def _open_source(image: Any) -> Any:
     """A source decoded to an RGB PIL image (as the reference's processors load paths and URLs); images as they are."""
     if not isinstance(image, _SOURCES):
         return image
     return _split_batch(load_image(image))[0]  # (the check for an empty image)
 
 
-def _load_sources(images: list[Any]) -> list[Any]:
+def _open_sources(images: list[Any]) -> list[Any]:
     """Every source in ``images`` loaded, several on the thread pool at once (downloads and decodes overlap)."""
     if not any(isinstance(image, _SOURCES) for image in images):
         return images
-    return ordered_map(_load_source, images)
+    return ordered_map(_open_source, images)
 
 
 def _fused_sources(images: list[Any], plan: tuple | None, opts: dict[str, Any], as_numpy: bool
@@ -131,7 +131,7 @@ class CLIPImageProcessor(_CLIPImageProcessorBase):
         fused = _fused_sources(images, self._plan(opts), opts, as_numpy=True)
         if fused is not None:
             return fused
-        processed = _pillow_pipeline(_load_sources(images), opts)
+        processed = _pillow_pipeline(_open_sources(images), opts)
         return BatchFeature({"pixel_values": processed}, tensor_type=opts["return_tensors"])
 
     def _image_fn(self, kwargs: dict[str, Any]) -> tuple[Any, tuple[int, ...] | None, Any] | None:
@@ -329,7 +329,7 @@ class CLIPImageProcessorFast(_CLIPImageProcessorBase):
         fused = _fused_sources(images, self._plan(opts), opts, as_numpy=False)
         if fused is not None:
             return fused
-        images = _load_sources(images)
+        images = _open_sources(images)
         if _pillow_lane(images, opts):
             # on the CPU, Pillow's own SIMD resampler on a thread pool beats the same arithmetic in torch
             return BatchFeature({"pixel_values": _cpu_lane(images, opts)}, tensor_type=opts["return_tensors"])

@@ -160,7 +160,7 @@ _SOURCES = (str, bytes, bytearray, memoryview, os.PathLike)  # what load_image d
 
 def _flatten_images(images: Any) -> list[Any]:
     """One flat list of 3-D images from a single image, a list, a nested list or a 4-D batch. Sources (paths,
-    URLs, base64, bytes) stay as they are, to be loaded by :func:`_load_sources` or a fused per-image task."""
+    URLs, base64, bytes) stay as they are, to be loaded by :func:`_open_sources` or a fused per-image task."""
     if isinstance(images, (list, tuple)):
         if not images:
             raise InputError("Got an empty list of images; pass at least one image.")
