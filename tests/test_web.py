@@ -6,8 +6,8 @@ against servers on 127.0.0.1 with a tiny random model. Skips where Playwright or
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
-import io
 import os
 import shutil
 import threading
@@ -67,10 +67,20 @@ def gallery(clip, tmp_path_factory):
     return folder / "index", paths, vectors
 
 
-def _serve(clip, **kwargs):
+@contextlib.contextmanager
+def _session(browser, clip, **kwargs):
+    """A server on loopback and a new browser page on it: yields (page, base URL), then closes both."""
     server = make_server(clip, port=0, **kwargs)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}"
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    page = _page(browser, base)
+    try:
+        yield page, base
+    finally:
+        page.close()
+        server.shutdown()
+        server.server_close()
+        server.service.close()
 
 
 @pytest.fixture(scope="module")
@@ -100,9 +110,7 @@ def _first(page) -> dict:
 
 def test_search_type_upload_and_more_like_this(browser, clip, gallery):
     folder, paths, vectors = gallery
-    server, base = _serve(clip, index=str(folder))
-    page = _page(browser, base)
-    try:
+    with _session(browser, clip, index=str(folder)) as (page, base):
         page.goto(base + "/")
         page.wait_for_selector("#search-panel:not([hidden])")
         query = "a cat on a sofa"
@@ -132,17 +140,10 @@ def test_search_type_upload_and_more_like_this(browser, clip, gallery):
         page.wait_for_selector("#results li")
         assert page.locator("#results li").count() == 3 and page.input_value("#q") == query
         assert page.outside == []
-    finally:
-        page.close()
-        server.shutdown()
-        server.server_close()
-        server.service.close()
 
 
 def test_classification_without_an_index(browser, clip, tmp_path):
-    server, base = _serve(clip)
-    page = _page(browser, base)
-    try:
+    with _session(browser, clip) as (page, base):
         picture = tmp_path / "picture.png"
         _photo(11).save(picture)
         page.goto(base + "/")
@@ -155,8 +156,3 @@ def test_classification_without_an_index(browser, clip, tmp_path):
         want = clip(Image.open(picture).convert("RGB"), candidate_labels=["a cat", "a dog", "a red car"])
         assert labels == [entry["label"] for entry in want]
         assert page.outside == []
-    finally:
-        page.close()
-        server.shutdown()
-        server.server_close()
-        server.service.close()
