@@ -7,6 +7,7 @@ The tiny model is written with clipfast alone (its bundled vocabulary), so these
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -162,14 +163,10 @@ def test_plan_tables_and_shards(cwd):
 def mixed(data, tmp_path_factory):
     """One single-process run over every source kind, from the data folder."""
     out = tmp_path_factory.mktemp("mixed") / "out"
-    cwd = os.getcwd()
-    os.chdir(data)
-    try:
+    with contextlib.chdir(data):  # sources as a user names them, relative to where the command runs
         plan = bulk.plan_sources(["imgs", "table.csv", "shard-{0..1}.tar"], text_column="caption",
                                  partition_size=2)
         counts = bulk.embed_local(plan, str(out), "model", device="cpu", batch_size=2, progress=False)
-    finally:
-        os.chdir(cwd)
     return out, counts
 
 

@@ -8,6 +8,7 @@ Ray on the machine), a run killed (driver, then a worker) and resumed, a table o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -104,13 +105,9 @@ SOURCES = ["imgs", "urls.parquet", "shard-{0..1}.tar"]
 def reference_output(data, tmp_path_factory):
     """The single-process engine's output for SOURCES (the numbers the Ray engine must give)."""
     out = tmp_path_factory.mktemp("local") / "out"
-    cwd = os.getcwd()
-    os.chdir(data)
-    try:
+    with contextlib.chdir(data):
         plan = bulk.plan_sources(SOURCES, text_column="caption", partition_size=5)
         bulk.embed_local(plan, str(out), "model", device="cpu", progress=False)
-    finally:
-        os.chdir(cwd)
     return {row["id"]: row for row in _read(out)}, pq.read_table(out / "_errors.parquet").to_pylist()
 
 
