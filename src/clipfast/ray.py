@@ -78,6 +78,15 @@ class _Embed:
                              f"column=... to name the one to embed.")
         return dict(columns), as_pandas
 
+    def _embed_in_batches(self, embed: Any, items: list[Any]) -> Any:
+        """float32 (len(items), dim) embeddings of ``items``, ``batch_size`` at a time through ``embed``."""
+        import numpy as np
+
+        vectors = np.zeros((len(items), int(self.clip.model.config.projection_dim)), dtype=np.float32)
+        for start in range(0, len(items), self.batch_size):
+            vectors[start:start + self.batch_size] = as_float32(embed(items[start:start + self.batch_size]))
+        return vectors
+
     def _out(self, columns: dict[str, Any], vectors: Any, as_pandas: bool) -> Any:
         columns[self.output_column] = vectors
         if not as_pandas:
@@ -124,12 +133,7 @@ class EmbedImages(_Embed):
             columns = {name: values[keep] if isinstance(values, np.ndarray) else
                        [v for v, k in zip(values, keep) if k] for name, values in columns.items()}
             images = [image for image, k in zip(images, keep) if k]
-        dim = int(self.clip.model.config.projection_dim)
-        vectors = np.zeros((len(images), dim), dtype=np.float32)
-        for start in range(0, len(images), self.batch_size):
-            vectors[start:start + self.batch_size] = as_float32(
-                self.clip.image_embeddings(images[start:start + self.batch_size]))
-        return self._out(columns, vectors, as_pandas)
+        return self._out(columns, self._embed_in_batches(self.clip.image_embeddings, images), as_pandas)
 
 
 class EmbedTexts(_Embed):
@@ -147,16 +151,9 @@ class EmbedTexts(_Embed):
         super().__init__(model, column, output_column, device, dtype, batch_size)
 
     def __call__(self, batch: Any) -> Any:
-        import numpy as np
-
         columns, as_pandas = self._table(batch)
         texts = [str(text) for text in columns[self.column]]
-        dim = int(self.clip.model.config.projection_dim)
-        vectors = np.zeros((len(texts), dim), dtype=np.float32)
-        for start in range(0, len(texts), self.batch_size):
-            vectors[start:start + self.batch_size] = as_float32(
-                self.clip.text_embeddings(texts[start:start + self.batch_size]))
-        return self._out(columns, vectors, as_pandas)
+        return self._out(columns, self._embed_in_batches(self.clip.text_embeddings, texts), as_pandas)
 
 
 # ---------------------------------------------------------------------------------------------------------------
